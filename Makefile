@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Each creates or reuses .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install whenever setup.cfg changes (the stamp carries its hash).
+STAMP := $(VENV)/.installed-$(shell sha1sum setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: venv test demo lint format benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing tam_jax and its test dependencies into $(VENV) ..."
+	@# torch first, and only as 2.13.0 (the CPU build); any other version pulls CUDA wheels.
+	$(PIP) "torch==2.13.0"
+	$(PIP) -e ".[test,torch]"
+	@# The official EfficientTAM (import name sam2), the parity oracle. --no-deps: its metadata
+	@# asks for torchvision, which cannot be installed beside the CPU torch.
+	$(PIP) --no-deps "efficient-track-anything==1.0"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: venv
+	$(PY) -m ruff check tam_jax input_pipeline scripts tests
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(PY) -m ruff check tam_jax input_pipeline scripts tests
+	$(PY) -m ruff format --check tam_jax input_pipeline scripts tests
+
+format: venv
+	$(PY) -m ruff format tam_jax input_pipeline scripts tests
+
+benchmark: venv
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""tam_jax: EfficientTAM in JAX/Flax."""
