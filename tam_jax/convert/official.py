@@ -198,3 +198,74 @@ def _import_sam2():
         # GlobalHydra already initialised by someone else: the modules are importable anyway.
         import sam2.modeling.sam2_base  # noqa: F401
     return sys.modules["sam2"]
+
+
+def official_image_predictor(model):
+    """The official `SAM2ImagePredictor` around `model`, with a torchvision stand-in.
+
+    The predictor imports three torchvision transforms, and PyPI's torchvision cannot be imported
+    beside the CPU torch used here. `install_torchvision_standin` provides them with the same
+    arithmetic (see its docstring); everything else is the official predictor's code.
+    """
+    install_torchvision_standin()
+    _import_sam2()
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    return SAM2ImagePredictor(model)
+
+
+def install_torchvision_standin() -> None:
+    """Register a minimal `torchvision.transforms` (ToTensor, Resize, Normalize) if needed.
+
+    - ToTensor: HWC uint8 array -> CHW float32 in [0, 1].
+    - Resize((h, w)) on a float tensor: torchvision calls `F.interpolate(mode="bilinear",
+      align_corners=False, antialias=True)`; so does the stand-in.
+    - Normalize(mean, std): (x - mean) / std per channel.
+    A real torchvision, when importable, is left alone.
+    """
+    import sys
+    import types
+
+    try:
+        import torchvision.transforms  # noqa: F401
+
+        return
+    except Exception:
+        pass
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class ToTensor:
+        def __call__(self, pic):
+            arr = np.asarray(pic)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            return t.float().div(255) if t.dtype == torch.uint8 else t.float()
+
+    class Resize(nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            self.size = [int(size[0]), int(size[1])]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x[None], size=self.size, mode="bilinear",
+                                 align_corners=False, antialias=True)[0]
+
+    class Normalize(nn.Module):
+        def __init__(self, mean, std):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None])
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - self.mean) / self.std
+
+    pkg = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.ToTensor, transforms.Resize, transforms.Normalize = ToTensor, Resize, Normalize
+    pkg.transforms = transforms
+    sys.modules["torchvision"] = pkg
+    sys.modules["torchvision.transforms"] = transforms
