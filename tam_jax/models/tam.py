@@ -100,7 +100,8 @@ class EfficientTAM(nn.Module):
         `sam_tokens_out`, `object_score_logits` (B, 1), `all_masks`, `all_iou`).
         """
         sparse, dense = self.sam_prompt_encoder(
-            point_coords, point_labels, mask_inputs, pad=pad_points, batch_size=features_bhwc.shape[0]
+            point_coords, point_labels, mask_inputs, pad=pad_points,
+            batch_size=features_bhwc.shape[0],
         )
         return self.sam_mask_decoder(
             features_bhwc, self.sam_prompt_encoder.get_dense_pe(), sparse, dense,
@@ -201,12 +202,12 @@ class EfficientTAM(nn.Module):
 
     # ------------------------------------------------------------------ memory
     def condition_on_memory(self, curr_bnc, curr_pos_bnc, memory_bmc, memory_pos_bmc,
-                            num_obj_ptr_tokens: int, key_mask_bm=None,
+                            num_obj_ptr_tokens: int, key_valid_bm=None,
                             deterministic: bool = True) -> jax.Array:
         """Memory attention: current tokens (B, HW, 256) attend to memory (B, M, 64)."""
         return self.memory_attention(curr_bnc, curr_pos_bnc, memory_bmc, memory_pos_bmc,
                                      num_obj_ptr_tokens=num_obj_ptr_tokens,
-                                     key_mask_bm=key_mask_bm, deterministic=deterministic)
+                                     key_valid_bm=key_valid_bm, deterministic=deterministic)
 
     def encode_memory(self, features_bhwc, high_res_masks_bhw1, skip_mask_sigmoid: bool = True):
         """Memory encoder on the raw backbone features and prepared mask logits."""

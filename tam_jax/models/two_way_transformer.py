@@ -17,51 +17,11 @@ import jax.numpy as jnp
 
 from tam_jax.configs import EfficientTAMConfig
 from tam_jax.models import layers
-
-try:  # The shared attention core (q_proj / k_proj / v_proj / out_proj, same maths).
-    from tam_jax.models.attention import Attention
-except ModuleNotFoundError as e:  # pragma: no cover - only until attention.py lands
-    if e.name != "tam_jax.models.attention":
-        raise
-    Attention = None
-
-
-class _Attention(nn.Module):
-    """`sam/transformer.py::Attention`: project, split heads, softmax(q k^T / sqrt(d)) v, merge.
-
-    q (B, N, embedding_dim), k / v (B, M, kv_in_dim) -> (B, N, embedding_dim). Stand-in with the
-    names and interface of `tam_jax.models.attention.Attention`.
-    """
-
-    embedding_dim: int
-    num_heads: int
-    downsample_rate: int = 1
-    kv_in_dim: int | None = None
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, q_bnc: jax.Array, k_bmc: jax.Array, v_bmc: jax.Array) -> jax.Array:
-        inner = self.embedding_dim // self.downsample_rate
-        if inner % self.num_heads:
-            raise ValueError(f"num_heads {self.num_heads} must divide {inner}")
-        in_axis = "hidden" if self.kv_in_dim is None else "mem"
-        q = layers.dense(inner, ("hidden", "mlp"), "q_proj", dtype=self.dtype)(q_bnc)
-        k = layers.dense(inner, (in_axis, "mlp"), "k_proj", dtype=self.dtype)(k_bmc)
-        v = layers.dense(inner, (in_axis, "mlp"), "v_proj", dtype=self.dtype)(v_bmc)
-        split = lambda x: x.reshape(*x.shape[:2], self.num_heads, -1)  # (B, N, H, Dh)
-        q, k, v = split(q), split(k), split(v)
-        scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
-        logits = jnp.einsum("bnhd,bmhd->bhnm", q, k).astype(jnp.float32) * scale
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhnm,bmhd->bnhd", probs, v)
-        out = out.reshape(*out.shape[:2], inner)  # (B, N, H * Dh)
-        return layers.dense(self.embedding_dim, ("mlp", "hidden"), "out_proj",
-                            dtype=self.dtype)(out)
+from tam_jax.models.attention import Attention
 
 
 def _attention(dim: int, heads: int, downsample_rate: int, name: str, dtype: jnp.dtype):
-    cls = Attention if Attention is not None else _Attention
-    return cls(dim, heads, downsample_rate=downsample_rate, dtype=dtype, name=name)
+    return Attention(dim, heads, downsample_rate=downsample_rate, dtype=dtype, name=name)
 
 
 class TwoWayAttentionBlock(nn.Module):
