@@ -22,7 +22,7 @@ import torch
 from tam_jax.configs import MemoryCrossAttentionConfig, get_config
 from tam_jax.convert.checkpoint import official_to_params
 from tam_jax.convert.official import build_official_model, randomize_
-from tam_jax.models.attention import PooledMemoryCrossAttention, attend
+from tam_jax.models.attention import PooledMemoryCrossAttention, RoPEAttention, attend
 from tam_jax.models.memory_attention import MemoryAttention
 from tam_jax.models.memory_encoder import MemoryEncoder
 from tam_jax.models.position import apply_rope, axial_rope
@@ -83,6 +83,33 @@ def test_memory_attention_matches_official(capsys, name, frames, ptr_tokens):
     want = _official_attention(model, *x, ptr_tokens)
     got = _ours(cfg, params, *x, ptr_tokens)
     _report(capsys, f"{name} frames={frames} pointers={ptr_tokens}", got, want)
+
+
+@pytest.mark.parametrize("name", ["efficienttam_s", "efficienttam_s_1", "efficienttam_s_2"])
+@pytest.mark.parametrize("frames", [2, 7])
+def test_cross_attention_alone_matches_official(capsys, name, frames):
+    """One layer's `cross_attn_image` on its own (RoPEAttention / eq. 5 / eq. 6), 2 and 7
+    memory frames plus 16 pointer tokens; and the RoPE self-attention."""
+    cfg, model, params = _pair(name)
+    layer_params = params["memory_attention"]["layers_0"]
+    q, _, mem, mem_pos = _inputs(frames, 16, seed=9)
+    official = model.memory_attention.layers[0]
+    with torch.no_grad():
+        want = official.cross_attn_image(torch.from_numpy(q), torch.from_numpy(mem + mem_pos),
+                                          torch.from_numpy(mem), num_k_exclude_rope=16).numpy()
+        want_self = official.self_attn(*(torch.from_numpy(q),) * 3).numpy()
+    ma = cfg.memory_attention
+    ca = ma.cross_attention
+    mod = PooledMemoryCrossAttention(256, 1, kv_in_dim=64, feat_hw=(GRID, GRID),
+                                     pool_window=ca.pool_window,
+                                     log_area_constant=ca.log_area_constant)
+    got = mod.apply({"params": layer_params["cross_attn_image"]}, jnp.asarray(q),
+                    jnp.asarray(mem + mem_pos), jnp.asarray(mem), num_k_exclude_rope=16)
+    _report(capsys, f"{name} cross_attn_image, {frames} frames + 16 pointer tokens",
+            np.asarray(got), want)
+    got_self = RoPEAttention(256, 1, feat_hw=(GRID, GRID)).apply(
+        {"params": layer_params["self_attn"]}, *(jnp.asarray(q),) * 3)
+    _report(capsys, f"{name} self_attn (RoPE)", np.asarray(got_self), want_self)
 
 
 @pytest.mark.parametrize("name", ["efficienttam_s", "efficienttam_s_1", "efficienttam_s_2"])
