@@ -32,6 +32,7 @@ import numpy as np
 
 from tam_jax.configs import EfficientTAMConfig
 from tam_jax.models import layers
+from tam_jax.models.attention import attend
 from tam_jax.models.position import sine_position_encoding
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -149,9 +150,9 @@ class ViTAttention(nn.Module):
         b, n, _ = x_bnc.shape
         qkv = layers.dense(3 * self.dim, ("embed", "qkv"), "qkv", dtype=self.dtype)(x_bnc)
         qkv = qkv.reshape(b, n, 3, self.num_heads, self.dim // self.num_heads)  # (B,N,3,H,Dh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, N, H, Dh)
-        out = jax.nn.dot_product_attention(q, k, v)  # (B, N, H, Dh)
-        out = out.reshape(b, n, self.dim)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+        out = attend(qkv[0], qkv[1], qkv[2])  # (B, H, N, Dh); query-chunked when N is large
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, self.dim)
         return layers.dense(self.dim, ("qkv", "embed"), "proj", dtype=self.dtype)(out)
 
 
