@@ -1,0 +1,193 @@
+"""The video memory as a fixed-shape pytree (paper §3.1; spec §4.2).
+
+The official predictor keeps per-object Python dicts {frame_idx: output}. Here the memory is a
+`MemoryBank` of static shape, objects on the batch axis, every slot tagged with the frame index
+it holds and a validity bit. Which slots a frame attends to is decided *inside* the compiled
+step from those frame indices, so the same compiled step serves forward and reverse tracking,
+streams and training:
+
+  conditioning slots (capacity `cond_capacity`, default 4): memories of prompted frames, all
+      attended to (`max_cond_frames_in_attn = -1`) with temporal index t_pos = 0; their object
+      pointers only when the frame is not in the future (`only_obj_ptrs_in_the_past_for_eval`).
+  recent slots (`num_maskmem - 1` = 6, slot = frame % 6): non-conditioning frames; the one at
+      distance d in the tracking direction (1 <= d <= 6) gets t_pos = num_maskmem - d.
+  pointer slots (`max_obj_ptrs_in_encoder` = 16, slot = frame % 16): object pointers of
+      non-conditioning frames at distance 1 .. min(num_frames, 16) - 1 in the tracking direction.
+
+A slot whose frame is not selected is masked out of the attention, which gives exactly the
+result of the slot being absent (`attention.attend`).
+
+Capacity: writing a conditioning frame when all `cond_capacity` slots hold other frames does
+not overwrite anything; it sets `cond_overflow` for that object (the predictors raise a clear
+error on it). Re-prompting a frame already in a slot replaces that slot.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from tam_jax.configs import EfficientTAMConfig
+
+DEFAULT_COND_CAPACITY = 4
+
+
+@flax.struct.dataclass
+class MemoryBank:
+    """Memory of B objects. Features (B, K, h, w, mem_dim) in `memory_dtype`; pointers float32."""
+
+    cond_feats: jax.Array  # (B, Kc, h, w, C)
+    cond_ptr: jax.Array  # (B, Kc, D)
+    cond_frame: jax.Array  # (B, Kc) int32
+    cond_valid: jax.Array  # (B, Kc) bool
+    recent_feats: jax.Array  # (B, R, h, w, C)
+    recent_frame: jax.Array  # (B, R) int32
+    recent_valid: jax.Array  # (B, R) bool
+    ptr: jax.Array  # (B, P, D)
+    ptr_frame: jax.Array  # (B, P) int32
+    ptr_valid: jax.Array  # (B, P) bool
+    cond_overflow: jax.Array  # (B,) bool: a conditioning frame found no free slot
+
+    @property
+    def num_objects(self) -> int:
+        return self.cond_feats.shape[0]
+
+
+def memory_dtype(cfg: EfficientTAMConfig):
+    """bfloat16 where the official predictor rounds stored memories, else the compute dtype."""
+    return jnp.bfloat16 if cfg.round_memory_to_bf16 or cfg.compute_dtype == "bfloat16" else \
+        jnp.float32
+
+
+def empty_bank(cfg: EfficientTAMConfig, num_objects: int,
+               cond_capacity: int = DEFAULT_COND_CAPACITY) -> MemoryBank:
+    """An all-invalid bank for `num_objects` objects."""
+    if cond_capacity < 1:
+        raise ValueError(f"cond_capacity must be >= 1, got {cond_capacity}")
+    if cfg.memory_temporal_stride_for_eval != 1:
+        raise NotImplementedError("memory_temporal_stride_for_eval != 1 is not supported")
+    b, h, c, d = num_objects, cfg.feat_size, cfg.mem_dim, cfg.hidden_dim
+    r, p = cfg.num_maskmem - 1, cfg.max_obj_ptrs_in_encoder
+    dt = memory_dtype(cfg)
+    return MemoryBank(
+        cond_feats=jnp.zeros((b, cond_capacity, h, h, c), dt),
+        cond_ptr=jnp.zeros((b, cond_capacity, d), jnp.float32),
+        cond_frame=jnp.full((b, cond_capacity), -1, jnp.int32),
+        cond_valid=jnp.zeros((b, cond_capacity), bool),
+        recent_feats=jnp.zeros((b, r, h, h, c), dt),
+        recent_frame=jnp.full((b, r), -1, jnp.int32),
+        recent_valid=jnp.zeros((b, r), bool),
+        ptr=jnp.zeros((b, p, d), jnp.float32),
+        ptr_frame=jnp.full((b, p), -1, jnp.int32),
+        ptr_valid=jnp.zeros((b, p), bool),
+        cond_overflow=jnp.zeros((b,), bool),
+    )
+
+
+def write_frame(bank: MemoryBank, frame_idx, feats_bhwc, obj_ptr_bd, is_cond: bool,
+                write_mask_b=None) -> MemoryBank:
+    """Store one frame's memory features (B, h, w, C) and pointer (B, D) for every object.
+
+    is_cond (static): into a conditioning slot (the one holding `frame_idx`, else the first
+    free one, else nothing and `cond_overflow`), or into the recent / pointer rings (slot
+    frame % size). write_mask_b (B,) bool limits the write to some objects.
+    """
+    b = bank.num_objects
+    frame_idx = jnp.asarray(frame_idx, jnp.int32)
+    write = jnp.ones((b,), bool) if write_mask_b is None else jnp.asarray(write_mask_b, bool)
+    feats = feats_bhwc.astype(bank.cond_feats.dtype)
+    if is_cond:
+        same = bank.cond_valid & (bank.cond_frame == frame_idx)  # (B, Kc)
+        free = ~bank.cond_valid
+        has_same, has_free = same.any(-1), free.any(-1)
+        slot = jnp.where(has_same, jnp.argmax(same, -1), jnp.argmax(free, -1))  # (B,)
+        ok = write & (has_same | has_free)
+        hot = jax.nn.one_hot(slot, bank.cond_valid.shape[1], dtype=bool) & ok[:, None]
+        return bank.replace(
+            cond_feats=jnp.where(hot[:, :, None, None, None], feats[:, None], bank.cond_feats),
+            cond_ptr=jnp.where(hot[:, :, None], obj_ptr_bd[:, None], bank.cond_ptr),
+            cond_frame=jnp.where(hot, frame_idx, bank.cond_frame),
+            cond_valid=bank.cond_valid | hot,
+            cond_overflow=bank.cond_overflow | (write & ~(has_same | has_free)),
+        )
+    r, p = bank.recent_valid.shape[1], bank.ptr_valid.shape[1]
+    hot_r = (jnp.arange(r) == frame_idx % r)[None] & write[:, None]  # (B, R)
+    hot_p = (jnp.arange(p) == frame_idx % p)[None] & write[:, None]  # (B, P)
+    return bank.replace(
+        recent_feats=jnp.where(hot_r[:, :, None, None, None], feats[:, None], bank.recent_feats),
+        recent_frame=jnp.where(hot_r, frame_idx, bank.recent_frame),
+        recent_valid=bank.recent_valid | hot_r,
+        ptr=jnp.where(hot_p[:, :, None], obj_ptr_bd[:, None], bank.ptr),
+        ptr_frame=jnp.where(hot_p, frame_idx, bank.ptr_frame),
+        ptr_valid=bank.ptr_valid | hot_p,
+    )
+
+
+def drop_frame(bank: MemoryBank, frame_idx, drop_mask_b=None) -> MemoryBank:
+    """Invalidate every slot (conditioning, recent, pointer) holding `frame_idx`."""
+    b = bank.num_objects
+    drop = jnp.ones((b,), bool) if drop_mask_b is None else jnp.asarray(drop_mask_b, bool)
+    hit = lambda frames: (frames == frame_idx) & drop[:, None]
+    return bank.replace(cond_valid=bank.cond_valid & ~hit(bank.cond_frame),
+                        recent_valid=bank.recent_valid & ~hit(bank.recent_frame),
+                        ptr_valid=bank.ptr_valid & ~hit(bank.ptr_frame))
+
+
+def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_idx,
+             num_frames, reverse: bool):
+    """The memory the current frame attends to, with its positional encoding and key mask.
+
+    Returns memory (B, M, C), memory_pos (B, M, C), key_valid (B, M) bool and the static
+    pointer-token count, with M = (Kc + R) * h * w + (Kc + P) * D / C: conditioning frames,
+    recent frames, then pointer tokens (each D-dim pointer split into D / C consecutive tokens,
+    zero PE: `add_tpos_enc_to_obj_ptrs` is off). maskmem_tpos_enc (num_maskmem, 1, 1, C).
+    """
+    from tam_jax.models.position import sine_position_encoding
+
+    b, kc, h, w, c = bank.cond_feats.shape
+    r = bank.recent_feats.shape[1]
+    d = bank.ptr.shape[-1]
+    nm = cfg.num_maskmem
+    frame_idx = jnp.asarray(frame_idx, jnp.int32)
+    num_frames = jnp.asarray(num_frames, jnp.int32)
+    tpos = maskmem_tpos_enc.reshape(nm, c).astype(jnp.float32)
+    spatial_pe = sine_position_encoding(h, w, c).reshape(h * w, c)
+
+    # distance in the tracking direction (positive = behind the current frame)
+    dist = lambda frames: (frames - frame_idx) if reverse else (frame_idx - frames)
+
+    # -- spatial memories: conditioning (t_pos 0, all) then recent (t_pos = nm - distance)
+    d_recent = dist(bank.recent_frame)  # (B, R)
+    recent_ok = bank.recent_valid & (d_recent >= 1) & (d_recent <= nm - 1)
+    tpos_idx_recent = jnp.clip(d_recent - 1, 0, nm - 1)  # index nm - t_pos - 1 = distance - 1
+    pos_cond = jnp.broadcast_to(tpos[nm - 1], (b, kc, c))
+    pos_recent = tpos[tpos_idx_recent]  # (B, R, C)
+    frame_pos = jnp.concatenate([pos_cond, pos_recent], axis=1)  # (B, F, C)
+    feats = jnp.concatenate([bank.cond_feats, bank.recent_feats], axis=1)  # (B, F, h, w, C)
+    f = kc + r
+    memory_sp = feats.astype(jnp.float32).reshape(b, f * h * w, c)
+    pos_sp = (spatial_pe[None, None] + frame_pos[:, :, None, :]).reshape(b, f * h * w, c)
+    valid_frames = jnp.concatenate([bank.cond_valid, recent_ok], axis=1)  # (B, F)
+    valid_sp = jnp.repeat(valid_frames, h * w, axis=1)
+
+    # -- object pointers: past conditioning frames, then recent frames 1 .. max_ptr - 1 away
+    max_ptr = jnp.minimum(num_frames, cfg.max_obj_ptrs_in_encoder)
+    d_cond = dist(bank.cond_frame)
+    cond_ptr_ok = bank.cond_valid & ((d_cond >= 0) if cfg.only_obj_ptrs_in_the_past_for_eval
+                                     else True)
+    d_ptr = dist(bank.ptr_frame)
+    ptr_ok = (bank.ptr_valid & (d_ptr >= 1) & (d_ptr < max_ptr) & (bank.ptr_frame >= 0)
+              & (bank.ptr_frame < num_frames))
+    ptrs = jnp.concatenate([bank.cond_ptr, bank.ptr], axis=1)  # (B, Kc + P, D)
+    ptr_valid = jnp.concatenate([cond_ptr_ok, ptr_ok], axis=1)
+    split = d // c
+    if not cfg.use_obj_ptrs_in_encoder:
+        ptrs, ptr_valid = ptrs[:, :0], ptr_valid[:, :0]
+    ptr_tokens = ptrs.reshape(b, -1, c)  # each pointer -> D / C consecutive tokens
+    ptr_tok_valid = jnp.repeat(ptr_valid, split, axis=1)
+
+    memory = jnp.concatenate([memory_sp, ptr_tokens], axis=1)
+    memory_pos = jnp.concatenate([pos_sp, jnp.zeros_like(ptr_tokens)], axis=1)
+    key_valid = jnp.concatenate([valid_sp, ptr_tok_valid], axis=1)
+    return memory, memory_pos, key_valid, ptr_tokens.shape[1]
