@@ -191,3 +191,24 @@ def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_
     memory_pos = jnp.concatenate([pos_sp, jnp.zeros_like(ptr_tokens)], axis=1)
     key_valid = jnp.concatenate([valid_sp, ptr_tok_valid], axis=1)
     return memory, memory_pos, key_valid, ptr_tokens.shape[1]
+
+
+def rebuild_rings(cfg: EfficientTAMConfig, bank: MemoryBank, frame_outputs: dict, frame_idx: int,
+                  reverse: bool = False) -> MemoryBank:
+    """Refill the recent and pointer rings for `frame_idx` from a host-side store.
+
+    The rings keep the most recently *written* frames, which is what sequential tracking needs.
+    When a step jumps elsewhere in the video (a correction on an earlier frame, reverse
+    tracking after forward tracking) the predictor rebuilds them from its per-frame store,
+    as the official predictor looks its dicts up. frame_outputs: {frame: (feats (B, h, w, C),
+    obj_ptr (B, D))} of tracked (non-conditioning) frames, every object. Host-level, eager.
+    """
+    bank = bank.replace(recent_valid=jnp.zeros_like(bank.recent_valid),
+                        ptr_valid=jnp.zeros_like(bank.ptr_valid))
+    step = 1 if reverse else -1
+    for dist in range(cfg.max_obj_ptrs_in_encoder - 1, 0, -1):  # far to near: near ones win
+        t = frame_idx + step * dist
+        if t in frame_outputs:
+            feats, ptr = frame_outputs[t]
+            bank = write_frame(bank, t, jnp.asarray(feats), jnp.asarray(ptr), is_cond=False)
+    return bank

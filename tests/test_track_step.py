@@ -23,7 +23,7 @@ import torch
 from tam_jax.configs import get_config
 from tam_jax.convert.checkpoint import official_to_params
 from tam_jax.convert.official import build_official_model, randomize_
-from tam_jax.memory import drop_frame, empty_bank, write_frame
+from tam_jax.memory import drop_frame, empty_bank, rebuild_rings, write_frame
 from tam_jax.track import jitted_track_step
 
 SIZE, T = 256, 12
@@ -98,6 +98,7 @@ class _Ours:
         self.bank = empty_bank(cfg, num_objects)
         self.step_fn = jitted_track_step(cfg)
         self.b = num_objects
+        self.tracked = {}  # host-side store of tracked frames, as a predictor keeps it
 
     def step(self, t, points=None, labels=None, mask=None, init=False, reverse=False,
              prev_logits=None, store="recent"):
@@ -108,6 +109,10 @@ class _Ours:
             None if labels is None else jnp.asarray(labels),
             None if mask is None else jnp.asarray(mask)[..., None],
             prev_logits, is_init_cond_frame=init, reverse=reverse, store=store)
+        if store == "recent":
+            self.tracked[t] = (out["maskmem_features"], out["obj_ptr"])
+        else:
+            self.tracked.pop(t, None)
         return out
 
 
@@ -205,9 +210,14 @@ def test_correction_click_on_a_tracked_frame(capsys, name, memory="bfloat16"):
     prev = off.out["non_cond_frame_outputs"][6]["pred_masks"]
     want = off.step(6, *fix, prev_logits=torch.clamp(prev, -32.0, 32.0), cond=True)
     ours.bank = drop_frame(ours.bank, 6)
+    # frame 7 evicted frame 1 from the 6-slot ring: rebuild the rings for frame 6, as the
+    # predictor does when it steps back in the video
+    ours.bank = rebuild_rings(cfg, ours.bank, ours.tracked, 6)
     prev_ours = jnp.clip(jnp.asarray(prev.numpy()), -32.0, 32.0).transpose(0, 2, 3, 1)
     got = ours.step(6, fix[0][None], fix[1][None], prev_logits=prev_ours, store="cond")
     _compare("correction on frame 6", got, [want], stats)
+    ours.tracked.pop(6, None)
+    ours.bank = rebuild_rings(cfg, ours.bank, ours.tracked, 7)
     for t in range(7, T):  # frame 7 is re-tracked with frame 6 now a conditioning memory
         _compare(f"frame {t} after correction", ours.step(t), [off.step(t)], stats)
     _print(capsys, f"{name} correction click", stats)
@@ -229,3 +239,29 @@ def test_conditioning_overflow_is_flagged_not_written():
     bank = write_frame(before, 5, 4 * f, p, is_cond=True)
     assert not bool(bank.cond_overflow.any())
     assert float(bank.cond_feats[0, 1].astype(jnp.float32).mean()) == 4.0
+
+
+def test_tracking_compiles_once_for_a_whole_video():
+    cfg = get_config("tiny")
+    from tam_jax.models.tam import init_params
+    from tam_jax.track import track_step
+
+    params = init_params(cfg, 0)
+    g = cfg.feat_size
+    feats = jax.random.normal(jax.random.PRNGKey(0), (2, g, g, cfg.hidden_dim))
+    bank = empty_bank(cfg, 2)
+    traces = []
+
+    def counted(*a, **k):
+        traces.append(1)
+        return track_step(cfg, *a, **k)
+
+    step = jax.jit(counted, static_argnames=("is_init_cond_frame", "store"))
+    pts, lab = jnp.full((2, 1, 2), 40.0), jnp.ones((2, 1), jnp.int32)
+    _, bank = step(params, bank, feats, feats, 0, 30, pts, lab, is_init_cond_frame=True,
+                   store="cond")
+    for t in range(1, 9):
+        out, bank = step(params, bank, feats * (1 + 0.01 * t), feats, t, 30, store="recent")
+    assert len(traces) == 2  # the prompted first frame and the tracking step, nothing more
+    assert np.isfinite(np.asarray(out["low_res_masks"])).all()
+    assert int(bank.recent_valid.sum()) == 2 * 6 and int(bank.ptr_valid.sum()) == 2 * 8
