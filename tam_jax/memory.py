@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from tam_jax.configs import EfficientTAMConfig
+from tam_jax.models.position import sine_position_encoding
 
 DEFAULT_COND_CAPACITY = 4
 
@@ -143,8 +144,6 @@ def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_
     recent frames, then pointer tokens (each D-dim pointer split into D / C consecutive tokens,
     zero PE: `add_tpos_enc_to_obj_ptrs` is off). maskmem_tpos_enc (num_maskmem, 1, 1, C).
     """
-    from tam_jax.models.position import sine_position_encoding
-
     b, kc, h, w, c = bank.cond_feats.shape
     r = bank.recent_feats.shape[1]
     d = bank.ptr.shape[-1]
