@@ -57,8 +57,8 @@ class MemoryBank:
 
 def memory_dtype(cfg: EfficientTAMConfig):
     """bfloat16 where the official predictor rounds stored memories, else the compute dtype."""
-    return jnp.bfloat16 if cfg.round_memory_to_bf16 or cfg.compute_dtype == "bfloat16" else \
-        jnp.float32
+    rounded = cfg.round_memory_to_bf16 or cfg.compute_dtype == "bfloat16"
+    return jnp.bfloat16 if rounded else jnp.float32
 
 
 def empty_bank(cfg: EfficientTAMConfig, num_objects: int,

@@ -24,6 +24,7 @@ from tam_jax.configs import get_config
 from tam_jax.convert.checkpoint import official_to_params
 from tam_jax.convert.official import build_official_model, randomize_
 from tam_jax.memory import drop_frame, empty_bank, rebuild_rings, write_frame
+from tam_jax.models.position import sine_position_encoding
 from tam_jax.track import jitted_track_step
 
 SIZE, T = 256, 12
@@ -57,7 +58,6 @@ def _frames(cfg, seed=0):
     rng = np.random.RandomState(seed)
     g = cfg.feat_size
     feats = rng.normal(size=(T, g, g, 256)).astype(np.float32)
-    from tam_jax.models.position import sine_position_encoding
     pos = np.asarray(sine_position_encoding(g, g, 256))
     return feats, pos
 

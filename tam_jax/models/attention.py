@@ -67,8 +67,8 @@ def attend(
         bias = bias[:, None, None, :] if bias.ndim == 2 else bias
     if key_valid_bm is not None:
         # fold the mask into the bias: masked keys get a logit whose exp underflows to 0
-        masked = jnp.where(key_valid_bm[:, None, None, :], 0.0, _MASKED).astype(jnp.float32)
-        bias = masked if bias is None else jnp.where(masked < 0, _MASKED, bias + masked)
+        bias = jnp.where(key_valid_bm[:, None, None, :], 0.0 if bias is None else bias,
+                         _MASKED).astype(jnp.float32)
     use_dropout = dropout_rng is not None and dropout_rate > 0.0
 
     def one_chunk(q, rng):
@@ -87,13 +87,15 @@ def attend(
                          preferred_element_type=jnp.float32)
         return (out / denom).astype(v_bhmd.dtype)
 
-    rng = dropout_rng if use_dropout else jax.random.PRNGKey(0)
     if n <= query_chunk or n % query_chunk:
-        return one_chunk(q_bhnd, rng)
+        return one_chunk(q_bhnd, dropout_rng)
     b, h, _, d = q_bhnd.shape
     chunks = q_bhnd.reshape(b, h, n // query_chunk, query_chunk, d).transpose(2, 0, 1, 3, 4)
-    rngs = jax.random.split(rng, n // query_chunk)
-    out = jax.lax.map(lambda a: one_chunk(*a), (chunks, rngs))  # (C, B, H, chunk, D)
+    if use_dropout:  # one dropout key per query chunk
+        rngs = jax.random.split(dropout_rng, n // query_chunk)
+        out = jax.lax.map(lambda a: one_chunk(*a), (chunks, rngs))  # (C, B, H, chunk, D)
+    else:
+        out = jax.lax.map(lambda c: one_chunk(c, None), chunks)
     return out.transpose(1, 2, 0, 3, 4).reshape(b, h, n, v_bhmd.shape[-1])
 
 
@@ -253,8 +255,8 @@ class PooledMemoryCrossAttention(RoPEAttention):
             vm = key_valid_bm[:, :num_spatial].reshape(b, frames, h // p, p, w // p, p)
             valid_s = jnp.all(vm, axis=(3, 5)).reshape(b, -1)
 
-        k_p, v_p = k[:, :, num_spatial:].astype(jnp.float32), v[:, :, num_spatial:]
-        v_p = v_p.astype(jnp.float32)
+        k_p = k[:, :, num_spatial:].astype(jnp.float32)
+        v_p = v[:, :, num_spatial:].astype(jnp.float32)
         bias_p = jnp.zeros((num_ptr,), jnp.float32)
         valid_p = None if key_valid_bm is None else key_valid_bm[:, num_spatial:]
         if self.pool_pointer_tokens and num_ptr:

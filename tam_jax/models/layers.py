@@ -15,7 +15,7 @@ Conventions (architecture.md §1.5, §3):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -134,7 +134,8 @@ def param(
 
 
 class MLP(nn.Module):
-    """`sam2_utils.MLP`: `num_layers` Linear layers named `layers_i`, ReLU between them.
+    """`sam2_utils.MLP`: `num_layers` Linear layers named `layers_i`, ReLU (or `activation`)
+    between them.
 
     Used by the IoU / object-score heads, hypernetworks, object-pointer projection and the
     two-way transformer MLP. `sigmoid_output` applies a sigmoid on the last layer (IoU head).
@@ -148,6 +149,7 @@ class MLP(nn.Module):
     hidden_axis: str = "mlp"
     out_axis: str = "hidden"
     dtype: jnp.dtype = jnp.float32
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -158,7 +160,7 @@ class MLP(nn.Module):
                     self.out_axis if last else self.hidden_axis)
             x = dense(features, axes, name=f"layers_{i}", dtype=self.dtype)(x)
             if not last:
-                x = jax.nn.relu(x)
+                x = self.activation(x)
         if self.sigmoid_output:
             x = jax.nn.sigmoid(x)
         return x

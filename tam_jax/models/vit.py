@@ -156,20 +156,6 @@ class ViTAttention(nn.Module):
         return layers.dense(self.dim, ("qkv", "embed"), "proj", dtype=self.dtype)(out)
 
 
-class ViTMLP(nn.Module):
-    """`sam2_utils.MLP(dim, hidden, dim, num_layers=2, activation=nn.GELU)`: Linear-GELU-Linear."""
-
-    dim: int
-    hidden_dim: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = layers.dense(self.hidden_dim, ("embed", "mlp"), "layers_0", dtype=self.dtype)(x)
-        x = layers.gelu(x)
-        return layers.dense(self.dim, ("mlp", "embed"), "layers_1", dtype=self.dtype)(x)
-
-
 class ViTBlock(nn.Module):
     """`vitdet.Block`: pre-norm attention (windowed if window_size > 0, else global) + MLP.
 
@@ -196,7 +182,10 @@ class ViTBlock(nn.Module):
         x_bhwc = x_bhwc + y
         y = layers.layer_norm("norm2", self.eps, dtype=self.dtype)(x_bhwc)
         hidden = int(self.dim * self.mlp_ratio)
-        return x_bhwc + ViTMLP(self.dim, hidden, dtype=self.dtype, name="mlp")(y)
+        # `sam2_utils.MLP(dim, hidden, dim, num_layers=2, activation=nn.GELU)`
+        mlp = layers.MLP(hidden, self.dim, 2, in_axis="embed", out_axis="embed",
+                         dtype=self.dtype, activation=layers.gelu, name="mlp")
+        return x_bhwc + mlp(y)
 
 
 class ViT(nn.Module):
