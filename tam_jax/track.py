@@ -49,6 +49,11 @@ def encode_frame_memory(cfg: EfficientTAMConfig, params, features_bhwc, high_res
                         binarize: bool):
     """Memory features (B, h, w, mem_dim) of a frame, in the bank's storage dtype."""
     model = EfficientTAM(cfg).bind({"params": params})
+    return _encode_frame_memory(model, features_bhwc, high_res_masks, binarize)
+
+
+def _encode_frame_memory(model: EfficientTAM, features_bhwc, high_res_masks, binarize: bool):
+    cfg = model.cfg
     feats, _ = model.encode_memory(features_bhwc, mask_for_memory(cfg, high_res_masks, binarize),
                                    skip_mask_sigmoid=True)
     return feats.astype(memory_dtype(cfg))
@@ -66,6 +71,7 @@ def track_step(
     point_labels: jax.Array | None = None,
     mask_inputs: jax.Array | None = None,
     prev_mask_logits: jax.Array | None = None,
+    write_mask: jax.Array | None = None,
     *,
     is_init_cond_frame: bool = False,
     reverse: bool = False,
@@ -79,7 +85,8 @@ def track_step(
     by the caller) and their sine PE. point_coords (B, N, 2) in model-input pixels with labels
     (B, N); mask_inputs (B, S, S, 1) in {0, 1}; prev_mask_logits (B, 4h, 4w, 1) (a correction
     on a tracked frame; clamp to +-32 first, as the official predictor). store: None, "cond"
-    (a prompted frame) or "recent" (a tracked frame). Returns (outputs, new bank); outputs has
+    (a prompted frame) or "recent" (a tracked frame); write_mask (B,) bool limits the store to
+    some objects (a frame that is a conditioning frame of one object is not re-stored). Returns (outputs, new bank); outputs has
     low_res_masks (B, 1, 4h, 4w), high_res_masks (B, 1, S, S), ious (B, M), obj_ptr (B, 256),
     object_score_logits (B, 1) and, with run_mem_encoder, maskmem_features (B, h, w, C).
     """
@@ -109,11 +116,11 @@ def track_step(
                object_score_logits=heads["object_score_logits"])
     if run_mem_encoder:
         binarize = cfg.binarize_mask_from_pts_for_mem_enc and point_labels is not None
-        out["maskmem_features"] = encode_frame_memory(cfg, params, features_bhwc,
-                                                      heads["high_res_masks"], binarize)
+        out["maskmem_features"] = _encode_frame_memory(model, features_bhwc,
+                                                       heads["high_res_masks"], binarize)
         if store:
             bank = write_frame(bank, frame_idx, out["maskmem_features"], out["obj_ptr"],
-                               is_cond=store == "cond")
+                               is_cond=store == "cond", write_mask_b=write_mask)
     return out, bank
 
 
