@@ -86,9 +86,10 @@ def track_step(
     (B, N); mask_inputs (B, S, S, 1) in {0, 1}; prev_mask_logits (B, 4h, 4w, 1) (a correction
     on a tracked frame; clamp to +-32 first, as the official predictor). store: None, "cond"
     (a prompted frame) or "recent" (a tracked frame); write_mask (B,) bool limits the store to
-    some objects (a frame that is a conditioning frame of one object is not re-stored). Returns (outputs, new bank); outputs has
-    low_res_masks (B, 1, 4h, 4w), high_res_masks (B, 1, S, S), ious (B, M), obj_ptr (B, 256),
-    object_score_logits (B, 1) and, with run_mem_encoder, maskmem_features (B, h, w, C).
+    some objects (a frame that is a conditioning frame of one object is not re-stored).
+    Returns (outputs, new bank); outputs has low_res_masks (B, 1, 4h, 4w), high_res_masks
+    (B, 1, S, S), ious (B, M), obj_ptr (B, 256), object_score_logits (B, 1) and, with
+    run_mem_encoder, maskmem_features (B, h, w, C).
     """
     if store not in (None, "cond", "recent"):
         raise ValueError(f"store must be None, 'cond' or 'recent', got {store!r}")

@@ -48,7 +48,8 @@ def jpeg_frame_paths(folder: str | os.PathLike) -> list[str]:
     try:
         names.sort(key=lambda n: int(os.path.splitext(n)[0]))
     except ValueError as e:
-        raise VideoInputError(f"{folder}: JPEG frames must be named <frame index>.jpg ({e})")
+        raise VideoInputError(
+            f"{folder}: JPEG frames must be named <frame index>.jpg ({e})") from None
     if not names:
         raise VideoInputError(f"{folder}: no JPEG frames (<frame index>.jpg) found")
     return [os.path.join(folder, n) for n in names]
@@ -74,7 +75,8 @@ def _load_mp4(path, image_size):
     try:
         import av
     except ImportError as e:
-        raise VideoInputError(f"{path}: reading mp4 needs PyAV: pip install 'tam_jax[video]'") from e
+        raise VideoInputError(
+            f"{path}: reading mp4 needs PyAV: pip install 'tam_jax[video]'") from e
     frames, hw = [], None
     try:
         with av.open(str(path)) as container:
@@ -119,6 +121,7 @@ def load_video_frames(video, image_size: int) -> tuple[np.ndarray, int, int]:
     for i, f in enumerate(seq):
         arr = _check_frame(f, f"frame {i}")
         if arr.shape[:2] != (h, w):
-            raise VideoInputError(f"frame {i}: size {arr.shape[:2]} differs from frame 0's {(h, w)}")
+            raise VideoInputError(
+                f"frame {i}: size {arr.shape[:2]} differs from frame 0's {(h, w)}")
         frames.append(resize_frame(arr, image_size))
     return np.stack(frames), h, w

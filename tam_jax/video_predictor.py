@@ -150,6 +150,14 @@ class VideoPredictor:
         frame. An all-background mask is refused unless `allow_empty` (it then marks the
         object absent on that frame). Returns like `add_new_points_or_box`."""
         frame_idx = self._check_frame_idx(state, frame_idx)
+        m = self._mask_input(frame_idx, obj_id, mask, allow_empty)
+        idx = state.obj_idx(obj_id, create=True)
+        state.mask_inputs[idx][frame_idx] = m
+        state.point_inputs[idx].pop(frame_idx, None)
+        return self._run_prompt(state, frame_idx, idx, None, None, m)
+
+    def _mask_input(self, frame_idx, obj_id, mask, allow_empty) -> np.ndarray:
+        """A user mask -> (S, S) float32 0/1 at the model size, validated."""
         m = np.asarray(mask)
         if m.ndim != 2 or m.size == 0:
             raise ValueError(f"mask for object {obj_id!r} on frame {frame_idx} must be a "
@@ -166,10 +174,7 @@ class VideoPredictor:
             m = np.asarray(resize_bilinear(jnp.asarray(m)[None, :, :, None], s, s,
                                            antialias=True))[0, :, :, 0]
             m = (m >= 0.5).astype(np.float32)
-        idx = state.obj_idx(obj_id, create=True)
-        state.mask_inputs[idx][frame_idx] = m
-        state.point_inputs[idx].pop(frame_idx, None)
-        return self._run_prompt(state, frame_idx, idx, None, None, m)
+        return m
 
     def _run_prompt(self, state, frame_idx, idx, xy, labels, mask):
         tracked = state.tracked[idx]
@@ -185,7 +190,8 @@ class VideoPredictor:
         if is_init and self.cfg.directly_add_no_mem_embed:  # memory unused
             bank = self._empty_bank(1)
         else:
-            bank = bank_from_store(self.cfg, state, [idx], frame_idx, reverse, self.cond_capacity)
+            bank = bank_from_store(self.cfg, state, [idx], frame_idx, reverse,
+                                   self._cond_slots(state, [idx]))
         feats, pos = self._features(state, frame_idx)
         rec = self._prompt_step(
             self.params, bank, feats, pos, frame_idx, state.num_frames,
@@ -265,7 +271,7 @@ class VideoPredictor:
         objs = list(range(state.num_objects))
         obj_ids = list(state.obj_ids)
         bank = bank_from_store(self.cfg, state, objs, start_frame_idx, reverse,
-                               self.cond_capacity)
+                               self._cond_slots(state, objs))
         hw = (state.video_height, state.video_width)
         lr = self.cfg.low_res_mask_size
         no_masks = jnp.zeros((len(objs), 1, lr, lr), jnp.float32)
@@ -315,9 +321,16 @@ class VideoPredictor:
                 state.outputs[idx][NON_COND].pop(t, None)
 
     # ------------------------------------------------------------------ helpers
-    @functools.lru_cache(maxsize=4)
+    def _cond_slots(self, state: VideoState, objs) -> int:
+        """Conditioning slots of the bank for a step: as many as the objects' prompted frames
+        need (at most `cond_capacity`), so a one-prompt video does not attend over empty slots;
+        one compile per distinct count."""
+        return max(1, min(self.cond_capacity,
+                          max(len(state.outputs[i][COND]) for i in objs)))
+
     def _empty_bank(self, num_objects: int):
-        return empty_bank(self.cfg, num_objects, self.cond_capacity)
+        """An all-invalid bank (initial conditioning frames do not read memory)."""
+        return empty_bank(self.cfg, num_objects, cond_capacity=1)
 
     def _frame_masks(self, state: VideoState, frame_idx: int, key: str) -> np.ndarray:
         """Every object's newest logits on a frame at video resolution (absent: -1024)."""
