@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: image encoding + one SAM-head prediction, tam_jax vs the official PyTorch model.
+"""Benchmarks, tam_jax vs the official PyTorch model (image predictor / video tracking).
 
 Both run the same converted random weights on the same CPU in one process, alternating
 (official, tam_jax, official, ...) after warm-up, so drifts in machine load hit both alike.
@@ -9,6 +9,14 @@ tam_jax / official) and writes JSON.
 
     python scripts/benchmark.py image [--variants efficienttam_ti_512x512 ...] [--repeats 7]
         [--threads N] [--json artifacts/benchmark_image.json]
+
+`track`: per-frame video tracking latency with the official benchmark's protocol (one object,
+one click on frame 0, propagate forward; the first `--warmup-frames` frames of each pass and
+the whole first pass (compilation) are not timed), both video predictors on the same JPEG
+frames and weights, alternating passes; then tam_jax alone with 1, 4 and 16 objects.
+
+    python scripts/benchmark.py track [--variants ...] [--frames 20] [--warmup-frames 8]
+        [--repeats 2] [--objects 1 4 16] [--json artifacts/benchmark_track.json]
 
 Figures go into docs/benchmarks.md with the command that produced them.
 """
@@ -86,18 +94,159 @@ def bench_image(variant: str, repeats: int, warmup: int) -> dict:
     return res
 
 
+TRACK_VARIANTS = ("efficienttam_ti_512x512", "efficienttam_s_512x512", "efficienttam_s_1")
+
+
+def _write_jpeg_video(folder: Path, frames: int, h: int = 480, w: int = 640):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = rng.randint(40, 110, size=(h, w, 3)).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        img = base.copy()
+        img[(yy - 240) ** 2 + (xx - 200 - 8 * t) ** 2 < 60 ** 2] = (220, 50, 40)
+        Image.fromarray(img).save(folder / f"{t:05d}.jpg", quality=90)
+
+
+def _timed_pass(frames_iter, warmup_frames: int) -> list[float]:
+    """Seconds per yielded frame, frames after the first `warmup_frames`."""
+    out, t = [], time.perf_counter()
+    for i, _ in enumerate(frames_iter):
+        now = time.perf_counter()
+        if i >= warmup_frames:
+            out.append(now - t)
+        t = now
+    return out
+
+
+def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
+                objects: list[int], folder: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from tam_jax.configs import get_config
+    from tam_jax.convert.checkpoint import official_to_params
+    from tam_jax.convert.official import build_official_model, randomize_
+    from tam_jax.video_predictor import VideoPredictor
+
+    cfg = get_config(variant)
+    official = build_official_model(cfg, seed=0, video=True)
+    randomize_(official, seed=0)
+    with torch.no_grad():  # object present on every frame: the full memory path is timed
+        official.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(10.0)
+    ours = VideoPredictor(cfg, official_to_params(official.state_dict(), cfg), progress=False)
+    clicks = [np.array([[200.0 + 25 * (k % 8), 240.0 + 40 * (k // 8)]]) for k in range(16)]
+
+    def session_ours(n_obj):
+        state = ours.init_state(str(folder))
+        for k in range(n_obj):
+            ours.add_new_points_or_box(state, 0, k, points=clicks[k], labels=[1])
+        return state
+
+    def pass_theirs():
+        with torch.inference_mode():
+            state = official.init_state(str(folder))
+            official.add_new_points(state, 0, 0, clicks[0], np.array([1], np.int32))
+            return _timed_pass(official.propagate_in_video(state), warmup_frames)
+
+    def pass_ours(n_obj=1):
+        return _timed_pass(ours.propagate_in_video(session_ours(n_obj)), warmup_frames)
+
+    t0 = time.perf_counter()
+    pass_ours()  # compiles
+    first = time.perf_counter() - t0
+    pass_theirs()  # warm-up of the official side
+    times = {"official": [], "tam_jax": []}
+    for _ in range(repeats):
+        times["official"] += pass_theirs()
+        times["tam_jax"] += pass_ours()
+    res = {name: _stats(v) for name, v in times.items()}
+    res["ratio_tam_jax_over_official"] = res["tam_jax"]["median_s"] / res["official"]["median_s"]
+    res["tam_jax_first_pass_s"] = first
+    res["tam_jax_objects"] = {}
+    for n in objects:
+        if n != 1:
+            pass_ours(n)  # compiles for this object count
+        res["tam_jax_objects"][n] = _stats(sum((pass_ours(n) for _ in range(repeats)), []))
+    return res
+
+
+def main_track(args, argv) -> int:
+    import tempfile
+
+    import jax
+    import torch
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "video"
+        _write_jpeg_video(folder, args.frames)
+        for v in args.variants:
+            print(f"[benchmark track] {v}: building, converting, compiling ...", flush=True)
+            results[v] = bench_track(v, args.frames, args.warmup_frames, args.repeats,
+                                     args.objects, folder)
+    meta = {
+        "what": "video tracking: seconds per frame, 480x640 JPEG frames, 1 click on frame 0, "
+                "forward propagation, float32",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "jax": jax.__version__, "jax_backend": jax.default_backend(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "frames": args.frames, "warmup_frames": args.warmup_frames, "repeats": args.repeats,
+        "command": "python scripts/benchmark.py " + " ".join(argv or sys.argv[1:]),
+    }
+    out = Path(args.json or "artifacts/benchmark_track.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    objs = "".join(f"{f'{n} obj ms':>11}" for n in args.objects)
+    print(f"\n{'variant':<26}{'official ms':>13}{'tam_jax ms':>12}{'ratio':>8}{objs}"
+          f"{'16/1':>7}")
+    for v, r in results.items():
+        per = r["tam_jax_objects"]
+        cells = "".join(f"{per[n]['median_s'] * 1e3:>11.1f}" for n in args.objects)
+        scale = (per[max(args.objects)]["median_s"] / per[min(args.objects)]["median_s"])
+        print(f"{v:<26}{r['official']['median_s'] * 1e3:>13.1f}"
+              f"{r['tam_jax']['median_s'] * 1e3:>12.1f}"
+              f"{r['ratio_tam_jax_over_official']:>8.2f}{cells}{scale:>7.2f}")
+    print(f"\nper-frame medians; ratio = tam_jax / official (target <= 1.0); "
+          f"{max(args.objects)}/{min(args.objects)} objects target <= 4; JSON: {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="image", choices=["image"],
-                        help="what to time (image: encode + one prediction)")
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per side")
+    parser.add_argument("what", nargs="?", default="image", choices=["image", "track"],
+                        help="image: encode + one prediction; track: video tracking per frame")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help=f"image default {list(DEFAULT_VARIANTS)}; "
+                             f"track default {list(TRACK_VARIANTS)}")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs (passes for track) per side; default image 7, track 2")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per side")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--json", default="artifacts/benchmark_image.json")
+    parser.add_argument("--json", default=None,
+                        help="output (default artifacts/benchmark_<what>.json)")
+    parser.add_argument("--frames", type=int, default=20, help="track: video length")
+    parser.add_argument("--warmup-frames", type=int, default=8,
+                        help="track: untimed frames at the start of each pass (memory filling)")
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
+                        help="track: object counts timed for tam_jax")
     args = parser.parse_args(argv)
+    if args.what == "track":
+        args.variants = args.variants or list(TRACK_VARIANTS)
+        args.repeats = args.repeats or 2
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return main_track(args, argv)
+    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    args.repeats = args.repeats or 7
+    args.json = args.json or "artifacts/benchmark_image.json"
 
     import jax
     import torch
