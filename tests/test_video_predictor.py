@@ -116,6 +116,9 @@ def test_conditioning_capacity_is_an_error_not_corruption(predictor):
         p.add_new_points_or_box(s, t, 1, points=[[20, 30]], labels=[1])
     with pytest.raises(ValueError, match="more than the memory's 2 conditioning slots"):
         next(p.propagate_in_video(s))
+    # the session is intact: drop one prompted frame and tracking goes on
+    p.clear_all_prompts_in_frame(s, 4, 1)
+    assert [t for t, _, _ in p.propagate_in_video(s)] == list(range(6))
 
 
 def test_bad_input_gets_clear_errors(predictor, tmp_path):
