@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "[setup] installing tam_jax and its test dependencies into $(VENV) ..."
 	@# torch first, and only as 2.13.0 (the CPU build); any other version pulls CUDA wheels.
 	$(PIP) "torch==2.13.0"
-	$(PIP) -e ".[test,torch]"
+	$(PIP) -e ".[test,torch,data]"
 	@# The official EfficientTAM (import name sam2), the parity oracle. --no-deps: its metadata
 	@# asks for torchvision, which cannot be installed beside the CPU torch.
 	$(PIP) --no-deps "efficient-track-anything==1.0"

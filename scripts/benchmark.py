@@ -129,14 +129,17 @@ def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
 
     from tam_jax.configs import get_config
     from tam_jax.convert.checkpoint import official_to_params
-    from tam_jax.convert.official import build_official_model, randomize_
+    from tam_jax.convert.official import (
+        build_official_model,
+        make_objects_present_,
+        randomize_,
+    )
     from tam_jax.video_predictor import VideoPredictor
 
     cfg = get_config(variant)
     official = build_official_model(cfg, seed=0, video=True)
     randomize_(official, seed=0)
-    with torch.no_grad():  # object present on every frame: the full memory path is timed
-        official.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(10.0)
+    make_objects_present_(official)  # object present on every frame: the full path is timed
     ours = VideoPredictor(cfg, official_to_params(official.state_dict(), cfg), progress=False)
     clicks = [np.array([[200.0 + 25 * (k % 8), 240.0 + 40 * (k // 8)]]) for k in range(16)]
 

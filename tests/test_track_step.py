@@ -22,7 +22,12 @@ import torch
 
 from tam_jax.configs import get_config
 from tam_jax.convert.checkpoint import official_to_params
-from tam_jax.convert.official import build_official_model, randomize_
+from tam_jax.convert.official import (
+    build_official_model,
+    make_objects_present_,
+    promote_memory_to_float32_,
+    randomize_,
+)
 from tam_jax.memory import drop_frame, empty_bank, rebuild_rings, write_frame
 from tam_jax.models.position import sine_position_encoding
 from tam_jax.track import jitted_track_step
@@ -42,15 +47,9 @@ def _pair(name, memory="bfloat16"):
                               round_memory_to_bf16=memory == "bfloat16")
     model = build_official_model(cfg, seed=11, video=True)
     randomize_(model, seed=11)
-    with torch.no_grad():  # objects present: otherwise every mask is -1024 and parity is void
-        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(10.0)
+    make_objects_present_(model)  # otherwise every mask is -1024 and parity is void
     model.eval()
-    original = model.memory_attention.forward
-
-    def promoted(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
-        return original(curr, memory.float(), curr_pos, memory_pos.float(), num_obj_ptr_tokens)
-
-    model.memory_attention.forward = promoted
+    promote_memory_to_float32_(model)  # upstream bf16 memory crash, see its docstring
     return cfg, model, official_to_params(model.state_dict(), cfg)
 
 

@@ -10,8 +10,8 @@ compared at `track_step` level (tests/test_track_step.py).
 Known upstream bug worked around: the official predictor stores memories in bfloat16, and its
 memory attention on CPU in float32 crashes ("mat1 and mat2 must have the same dtype") when the
 memory holds no object-pointer tokens (reverse propagation from the last frame). In its working
-paths `torch.cat` promotes the bf16 memory to float32; the patch below passes `memory.float()`,
-which reproduces exactly those numerics.
+paths `torch.cat` promotes the bf16 memory to float32; `promote_memory_to_float32_`
+(tam_jax.convert.official) passes `memory.float()`, which reproduces exactly those numerics.
 
 Scenario (random weights, float32, 512 input; the pooled variants s_1 / s_2 with >= 2 memory
 frames, so pooling is active): 12 frames of moving shapes; object 1 a click and object 2 a box
@@ -34,7 +34,12 @@ from PIL import Image
 
 from tam_jax.configs import get_config
 from tam_jax.convert.checkpoint import official_to_params
-from tam_jax.convert.official import build_official_model, randomize_
+from tam_jax.convert.official import (
+    build_official_model,
+    make_objects_present_,
+    promote_memory_to_float32_,
+    randomize_,
+)
 from tam_jax.video_predictor import VideoPredictor
 
 T, H, W = 12, 96, 128
@@ -64,15 +69,9 @@ def official_and_ours(name: str, size: int = 512, seed: int = 5):
     cfg = dataclasses.replace(get_config(name), image_size=size)
     official = build_official_model(cfg, seed=seed, video=True)
     randomize_(official, seed=seed)
-    with torch.no_grad():  # objects present, else every mask is -1024 and parity is void
-        official.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(10.0)
+    make_objects_present_(official)  # otherwise every mask is -1024 and parity is void
     official.eval()
-    forward = official.memory_attention.forward
-
-    def promoted(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
-        return forward(curr, memory.float(), curr_pos, memory_pos.float(), num_obj_ptr_tokens)
-
-    official.memory_attention.forward = promoted
+    promote_memory_to_float32_(official)  # upstream bf16 memory crash, see its docstring
     ours = VideoPredictor(cfg, official_to_params(official.state_dict(), cfg), progress=False)
     return official, ours
 

@@ -186,6 +186,36 @@ def randomize_(model, seed: int = 0) -> None:
                 t.copy_(0.1 * noise)
 
 
+def make_objects_present_(model, bias: float = 10.0) -> None:
+    """Raise the object-score head's output bias in place so every object is "present".
+
+    With random weights the object score is as often negative as not, and a gated-out object's
+    masks are all -1024 and its memory is the no-object embedding: a parity test or a benchmark
+    would compare or time nothing. A bias of 10 keeps the full mask / memory path running.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(bias)
+
+
+def promote_memory_to_float32_(model) -> None:
+    """Patch the official memory attention (in place) to receive `memory.float()`.
+
+    Upstream bug worked around (issue 3): the official predictor stores memories in bfloat16
+    and, on CPU in float32, its memory attention crashes ("mat1 and mat2 must have the same
+    dtype") whenever the memory holds no object-pointer tokens. In its non-crashing paths
+    `torch.cat` with the float32 pointers silently promotes the bf16 memory to float32; this
+    patch does that promotion always, reproducing those numerics on every path.
+    """
+    forward = model.memory_attention.forward
+
+    def promoted(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
+        return forward(curr, memory.float(), curr_pos, memory_pos.float(), num_obj_ptr_tokens)
+
+    model.memory_attention.forward = promoted
+
+
 def _import_sam2():
     """Import the wheel's `sam2` package, tolerating its import-time Hydra initialisation."""
     import sys
