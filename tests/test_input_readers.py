@@ -239,3 +239,21 @@ def test_binary_png_with_three_values_is_an_error(tmp_path):
     Image.fromarray(np.array([[0, 1, 2]], np.uint8), mode="L").save(p)
     with pytest.raises(CorruptRecord, match="3 distinct values"):
         folders.load_binary_png(str(p))
+
+
+def test_make_synthetic_data_script_writes_every_format(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_synthetic_data.py")
+    spec = importlib.util.spec_from_file_location("make_synthetic_data", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path), "--shards", "1", "--per_shard", "2",
+                        "--height", "32", "--width", "48", "--frames", "9",
+                        "--objects", "2"]) == 0
+    images = list(sa1b.read_tar(tmp_path / "sa1b" / "sa_000000.tar"))
+    assert [i.image_id for i in images] == [1, 2]
+    videos = list(sav.read_tar(tmp_path / "sav" / "sav_000.tar"))
+    assert [v.video_id for v in videos] == ["sav_000001", "sav_000002"]
+    assert len(list(folders.read_sav_eval(tmp_path / "sav_val", "sav_val"))) == 2
+    assert len(list(folders.read_davis(tmp_path / "davis", split="train"))) == 2
