@@ -12,6 +12,8 @@ and never exposes a half-written one. When every shard is done the dataset direc
 assembled (hard links, numbered `<name>-train.array_record-0000i-of-0000N`; empty shards left
 out), its TFDS metadata written (`tfds.folder_dataset.write_metadata`), and the whole directory
 renamed into place at once, with `prepare_report.json` (counts by kind, every skipped record).
+Run one preparation per dataset directory at a time: a start removes the temporary files a
+killed run left behind.
 """
 
 from __future__ import annotations
