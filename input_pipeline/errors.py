@@ -12,7 +12,7 @@ class CorruptRecord(ValueError):
 
     source: the file (tar, mp4, json, png) it came from; record: the record inside it (tar
     member, image id, video id, frame); kind: a short machine-readable category used for the
-    counts of the preparation report (e.g. "truncated_jpeg", "rle_size_mismatch").
+    counts of the preparation report (e.g. "bad_jpeg", "rle_size_mismatch").
     """
 
     def __init__(self, source: str, record: str, kind: str, reason: str):

@@ -19,7 +19,15 @@ from pycocotools import mask as coco_mask
 
 
 class RleError(ValueError):
-    """An RLE that does not describe a mask of its stated size."""
+    """An RLE that does not describe a mask of its stated size.
+
+    kind: the preparation report's category, "rle_size_mismatch" (the size is missing, malformed,
+    not the image's, or not what the runs cover) or "bad_rle" (a malformed counts string).
+    """
+
+    def __init__(self, message: str, kind: str = "bad_rle"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def runs_from_string(counts: str | bytes) -> list[int]:
@@ -56,14 +64,17 @@ def check(rle: dict, expect_hw: Sequence[int] | None = None) -> tuple[int, int]:
     runs are non-negative and cover exactly h * w pixels. Raises RleError otherwise.
     """
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise RleError(f"an RLE needs 'size' and 'counts', got {_short(rle)}")
+        raise RleError(f"an RLE needs 'size' and 'counts', got {_short(rle)}",
+                       "rle_size_mismatch")
     size = rle["size"]
     if not (isinstance(size, (list, tuple)) and len(size) == 2
             and all(isinstance(v, (int, float)) and v == int(v) and v >= 0 for v in size)):
-        raise RleError(f"RLE size must be [h, w] of non-negative ints, got {size!r}")
+        raise RleError(f"RLE size must be [h, w] of non-negative ints, got {size!r}",
+                       "rle_size_mismatch")
     h, w = int(size[0]), int(size[1])
     if expect_hw is not None and (h, w) != (int(expect_hw[0]), int(expect_hw[1])):
-        raise RleError(f"RLE size {h}x{w} != image size {expect_hw[0]}x{expect_hw[1]}")
+        raise RleError(f"RLE size {h}x{w} != image size {expect_hw[0]}x{expect_hw[1]}",
+                       "rle_size_mismatch")
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
         runs = runs_from_string(counts)
@@ -72,7 +83,8 @@ def check(rle: dict, expect_hw: Sequence[int] | None = None) -> tuple[int, int]:
     else:
         raise RleError(f"RLE counts must be a string or a list of ints >= 0, got {_short(counts)}")
     if sum(runs) != h * w:
-        raise RleError(f"RLE runs cover {sum(runs)} pixels, the {h}x{w} mask has {h * w}")
+        raise RleError(f"RLE runs cover {sum(runs)} pixels, the {h}x{w} mask has {h * w}",
+                       "rle_size_mismatch")
     return h, w
 
 

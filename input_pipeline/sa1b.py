@@ -86,8 +86,7 @@ def parse_json(raw: bytes, source: str, record: str) -> tuple[dict, list[dict], 
         try:
             rle.check(ann["segmentation"], hw)
         except rle.RleError as e:
-            kind = "rle_size_mismatch" if "size" in str(e) or "cover" in str(e) else "bad_rle"
-            skipped.append(CorruptRecord(source, where, kind, str(e)))
+            skipped.append(CorruptRecord(source, where, e.kind, str(e)))
             continue
         kept.append(ann)
     return image, kept, skipped

@@ -109,8 +109,7 @@ def parse_json(raw: bytes | str | dict, source: str, record: str) -> SavAnnotati
                 rle.check(frame[k], (h, w))
                 areas.append(rle.area(frame[k]))
         except rle.RleError as e:
-            kind = "rle_size_mismatch" if "size" in str(e) or "cover" in str(e) else "bad_rle"
-            skipped.append(CorruptRecord(source, where, kind, f"frame {t}: {e}"))
+            skipped.append(CorruptRecord(source, where, e.kind, f"frame {t}: {e}"))
             continue
         if not any(areas):
             skipped.append(CorruptRecord(source, where, "empty_masklets",
