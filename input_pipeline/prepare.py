@@ -30,6 +30,7 @@ import shutil
 import time
 
 from input_pipeline.errors import CorruptRecord
+from input_pipeline.tfds_builders import base
 
 KINDS = ("sa1b", "sav")
 
@@ -57,14 +58,12 @@ def _config_hash(kind: str, config) -> str:
 def find_shards(kind: str, manual_dir: str) -> list[str]:
     """The original shards in `manual_dir` (SA-V also as extracted `sav_0XX/` folders)."""
     mod = _builder_module(kind)
-    found = sorted(glob.glob(os.path.join(manual_dir, mod.SHARD_GLOB)))
-    if kind == "sav":
-        found += sorted(p for p in glob.glob(os.path.join(manual_dir, "sav_*"))
-                        if os.path.isdir(p))
-    shards = [p for p in found if os.path.isdir(p) or p.endswith(".tar")]
-    if not shards:
-        raise FileNotFoundError(f"no {mod.SHARD_GLOB} shards in {manual_dir}")
-    return shards
+    return base.find_shards(manual_dir, mod.SHARD_GLOB, mod.FOLDER_GLOB)
+
+
+def _stem(shard: str) -> str:
+    """`.../sa_000001.tar` or `.../sav_001/` -> the name of its work files."""
+    return os.path.basename(shard.rstrip("/")).removesuffix(".tar")
 
 
 def convert_shard(kind: str, shard: str, work_dir: str, config) -> dict:
@@ -78,7 +77,7 @@ def convert_shard(kind: str, shard: str, work_dir: str, config) -> dict:
     # tf.train.Example's feature map is serialised in hash order unless asked otherwise: with
     # deterministic=True the same input gives the same bytes in any process (resume == rerun)
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-    stem = os.path.basename(shard.rstrip("/")).removesuffix(".tar")
+    stem = _stem(shard)
     out = os.path.join(work_dir, f"{stem}.array_record")
     tmp = f"{out}.tmp-{os.getpid()}"
     t0 = time.perf_counter()
@@ -122,7 +121,7 @@ def _write_json_atomic(path: str, data) -> None:
 
 
 def _done_report(work_dir: str, shard: str, chash: str) -> dict | None:
-    stem = os.path.basename(shard.rstrip("/")).removesuffix(".tar")
+    stem = _stem(shard)
     path = os.path.join(work_dir, f"{stem}.report.json")
     shard_file = os.path.join(work_dir, f"{stem}.array_record")
     if not (os.path.exists(path) and os.path.exists(shard_file)):

@@ -2,7 +2,8 @@
 
 Each module defines the dataset's `features()`, `examples_from_tar(path, config)` (the one
 conversion of an original shard into TFDS examples, shared by both ways of preparing), and a
-`GeneratorBasedBuilder` (single process, the standard TFDS way). `input_pipeline.prepare` runs
-the same conversion over many shards in parallel processes, resumably, and writes the same
-dataset layout (`tfds.data_source(name, data_dir=...)` reads either).
+`GeneratorBasedBuilder` (single process, the standard TFDS way; what the two share, finding the
+shards and looping over them, is `base.py`). `input_pipeline.prepare` runs the same conversion
+over many shards in parallel processes, resumably, and writes the same dataset layout
+(`tfds.data_source(name, data_dir=...)` reads either).
 """

@@ -13,8 +13,6 @@ pipeline filters them, so the dataset stays the raw data).
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,10 +21,12 @@ from PIL import Image
 
 from input_pipeline import jpeg, rle, sa1b
 from input_pipeline.errors import CorruptRecord
+from input_pipeline.tfds_builders.base import ShardBuilder
 
 NAME = "sa1b"
 VERSION = "1.0.0"
 SHARD_GLOB = "sa_*.tar"
+FOLDER_GLOB = None  # SA-1B shards are tars only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,7 @@ def examples_from_tar(path: str, cfg: Sa1bConfig = Sa1bConfig()
             yield e
 
 
-class Sa1b(tfds.core.GeneratorBasedBuilder):
+class Sa1b(ShardBuilder):
     """SA-1B from its original tars in `manual_dir` (single process; for many shards in
     parallel, resumable, use `python scripts/prepare_data.py sa1b`)."""
 
@@ -131,25 +131,15 @@ class Sa1b(tfds.core.GeneratorBasedBuilder):
         "Download the SA-1B tars (sa_000000.tar ... sa_000999.tar) from "
         "https://ai.meta.com/datasets/segment-anything-downloads/ into manual_dir.")
 
+    SHARD_GLOB = SHARD_GLOB
+    FOLDER_GLOB = FOLDER_GLOB
+
     def __init__(self, *, config: Sa1bConfig = Sa1bConfig(), **kwargs):
-        self.prep_config = config
-        self.skipped: list[CorruptRecord] = []
-        super().__init__(**kwargs)
+        super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, features=features(),
                                      description="SA-1B images with COCO-RLE masks.")
 
-    def _split_generators(self, dl_manager):
-        tars = sorted(glob.glob(os.path.join(os.fspath(dl_manager.manual_dir), SHARD_GLOB)))
-        if not tars:
-            raise FileNotFoundError(f"no {SHARD_GLOB} in {dl_manager.manual_dir}")
-        return {"train": self._generate_examples(tars)}
-
-    def _generate_examples(self, tars):
-        for path in tars:
-            for item in examples_from_tar(path, self.prep_config):
-                if isinstance(item, CorruptRecord):
-                    self.skipped.append(item)
-                else:
-                    yield item
+    def convert(self, path: str):
+        return examples_from_tar(path, self.prep_config)

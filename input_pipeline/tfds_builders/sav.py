@@ -15,7 +15,6 @@ Features:
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from collections.abc import Iterator
 
@@ -25,10 +24,12 @@ from PIL import Image
 
 from input_pipeline import jpeg, sav
 from input_pipeline.errors import CorruptRecord
+from input_pipeline.tfds_builders.base import ShardBuilder
 
 NAME = "sav"
 VERSION = "1.0.0"
 SHARD_GLOB = "sav_*.tar"
+FOLDER_GLOB = "sav_*"  # an extracted tar (`sav_0XX/`) is a shard too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +130,7 @@ def examples_from_tar(path: str, cfg: SavConfig = SavConfig()
         yield item.video_id, example
 
 
-class Sav(tfds.core.GeneratorBasedBuilder):
+class Sav(ShardBuilder):
     """SA-V train from its original tars in `manual_dir` (single process; for many shards in
     parallel, resumable, use `python scripts/prepare_data.py sav`)."""
 
@@ -139,25 +140,15 @@ class Sav(tfds.core.GeneratorBasedBuilder):
         "Download the SA-V training tars (sav_000.tar ... sav_055.tar) from "
         "https://ai.meta.com/datasets/segment-anything-video-downloads/ into manual_dir.")
 
+    SHARD_GLOB = SHARD_GLOB
+    FOLDER_GLOB = FOLDER_GLOB
+
     def __init__(self, *, config: SavConfig = SavConfig(), **kwargs):
-        self.prep_config = config
-        self.skipped: list[CorruptRecord] = []
-        super().__init__(**kwargs)
+        super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, features=features(),
                                      description="SA-V training videos at 6 fps with masklets.")
 
-    def _split_generators(self, dl_manager):
-        tars = sorted(glob.glob(os.path.join(os.fspath(dl_manager.manual_dir), SHARD_GLOB)))
-        if not tars:
-            raise FileNotFoundError(f"no {SHARD_GLOB} in {dl_manager.manual_dir}")
-        return {"train": self._generate_examples(tars)}
-
-    def _generate_examples(self, tars):
-        for path in tars:
-            for item in examples_from_tar(path, self.prep_config):
-                if isinstance(item, CorruptRecord):
-                    self.skipped.append(item)
-                else:
-                    yield item
+    def convert(self, path: str):
+        return examples_from_tar(path, self.prep_config)
