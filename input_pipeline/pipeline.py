@@ -124,9 +124,11 @@ def host_dataset(spec: SourceSpec, cfg: PipelineConfig, process_index: int, proc
     source = source if source is not None else open_source(spec)
     n = len(source)
     per_host = n // process_count
-    if per_host < spec.batch_size:
+    if per_host == 0 or (cfg.num_epochs is not None
+                         and per_host * cfg.num_epochs < spec.batch_size):
         raise ValueError(f"{spec.name}: {n} records give {per_host} per host for "
-                         f"{process_count} hosts, fewer than one batch of {spec.batch_size}")
+                         f"{process_count} hosts, not one batch of {spec.batch_size} in "
+                         f"{cfg.num_epochs} epoch(s)")
     ds = grain.MapDataset.source(source).seed(_seed(cfg.seed, position)).shuffle()
     ds = ds[: per_host * process_count][process_index::process_count]
     ds = ds.repeat(cfg.num_epochs)
