@@ -58,6 +58,7 @@ def numeric_id(name: bytes | str) -> int:
 
 
 def _decode_rle(counts: bytes, hw: tuple[int, int]) -> np.ndarray:
+    """-> uint8 (H, W) in Fortran order (pycocotools'; warped as such, no reordering copy)."""
     return coco_mask.decode({"size": list(hw), "counts": counts})
 
 
@@ -76,18 +77,20 @@ def render(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw: tuple[i
     frame_hw = decoded[0].shape[:2]
     masks = np.zeros((n_t, max_objects, s, s), np.uint8)
     raw_first = [_decode_rle(c, mask_hw) for c in frame_masks[0]]
-    fwd = augment.geometry(params, frame_hw, s)
-    mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
-    for k, m in enumerate(raw_first):
-        augment.warp_mask(m, mfwd, s, out=masks[0, k])
+
+    def warp_first(params):
+        fwd = augment.geometry(params, frame_hw, s)
+        mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
+        for k, m in enumerate(raw_first):
+            augment.warp_mask_fortran(m, mfwd, s, out=masks[0, k])
+        return fwd, mfwd
+
+    fwd, mfwd = warp_first(params)
     if params.has_affine and any(raw_first[k].any() and not masks[0, k].any()
                                  for k in range(n_obj)):
         # SAM 2 (num_tentatives = 1): an affine that empties a first-frame mask is dropped
         params = params.without_affine()
-        fwd = augment.geometry(params, frame_hw, s)
-        mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
-        for k, m in enumerate(raw_first):
-            augment.warp_mask(m, mfwd, s, out=masks[0, k])
+        fwd, mfwd = warp_first(params)
     images = np.empty((n_t, s, s, 3), np.uint8)
     for t in range(n_t):
         if decoded[t].shape[:2] != frame_hw:
@@ -96,8 +99,8 @@ def render(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw: tuple[i
         images[t] = augment.apply_colour(image, augment.frame_colour_ops(params, t))
         if t:
             for k in range(n_obj):
-                augment.warp_mask(_decode_rle(frame_masks[t][k], mask_hw), mfwd, s,
-                                  out=masks[t, k])
+                augment.warp_mask_fortran(_decode_rle(frame_masks[t][k], mask_hw), mfwd, s,
+                                          out=masks[t, k])
     valid = np.zeros(max_objects, bool)
     valid[:n_obj] = True
     return {
