@@ -219,10 +219,17 @@ def main_track(args, argv) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["input"]:  # input pipeline throughput: its own script and flags
+        from scripts import benchmark_input
+
+        return benchmark_input.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="image", choices=["image", "track"],
-                        help="image: encode + one prediction; track: video tracking per frame")
+    parser.add_argument("what", nargs="?", default="image", choices=["image", "track", "input"],
+                        help="image: encode + one prediction; track: video tracking per frame; "
+                             "input: input pipeline per core (scripts/benchmark_input.py; "
+                             "`input --help` for its flags)")
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"image default {list(DEFAULT_VARIANTS)}; "
                              f"track default {list(TRACK_VARIANTS)}")
@@ -239,6 +246,8 @@ def main(argv=None) -> int:
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
                         help="track: object counts timed for tam_jax")
     args = parser.parse_args(argv)
+    if args.what == "input":
+        parser.error("`input` takes its own flags: put it first (benchmark.py input --help)")
     if args.what == "track":
         args.variants = args.variants or list(TRACK_VARIANTS)
         args.repeats = args.repeats or 2
