@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 LogAreaConstant = Literal["logits", "keys", "none"]
 ComputeDtype = Literal["float32", "bfloat16"]
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,11 @@ class ViTConfig:
     # The learned pos-embed grid (pretrain 224 px / 16 = 14) with a leading, unused cls slot.
     pretrain_grid: int = 14
     layer_norm_eps: float = 1e-6
+    # Rematerialisation of each block in training (`nn.remat`): "none" keeps every activation,
+    # "full" recomputes the whole block in the backward pass (saves only its input),
+    # "dots" keeps matmul outputs without batch dims and recomputes the rest (softmax, GELU,
+    # norms). Changes memory and speed only, never the result.
+    remat: str = "none"
 
     @property
     def window_block_indexes(self) -> tuple[int, ...]:
@@ -189,6 +195,8 @@ class EfficientTAMConfig:
             errors.append("hidden_dim must be a multiple of the memory dim (pointer split)")
         if self.num_maskmem < 1:
             errors.append("num_maskmem must be >= 1")
+        if self.vit.remat not in REMAT_POLICIES:
+            errors.append(f"vit.remat must be one of {REMAT_POLICIES}, not {self.vit.remat!r}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             errors.append(f"compute_dtype must be float32 or bfloat16, not {self.compute_dtype}")
         if errors:
@@ -266,6 +274,25 @@ def get_config(name: str, **overrides: Any) -> EfficientTAMConfig:
     if overrides:
         cfg = override(cfg, overrides)
     return cfg.validate()
+
+
+def for_training(cfg: EfficientTAMConfig) -> EfficientTAMConfig:
+    """The config of the same model in training mode: every place where the official model
+    checks `self.training` (or the video predictor adds eval-only post-processing) as flags.
+
+    - object pointers of future conditioning frames are attended too
+      (`only_obj_ptrs_in_the_past_for_eval` is eval-only);
+    - masks from clicks enter the memory encoder as sigmoid, not binarised
+      (`binarize_mask_from_pts_for_mem_enc` is applied only when not training);
+    - memory features are kept in the compute dtype (the bf16 rounding is the predictor's);
+    - a single-mask output is mask 0, without the stability fallback
+      (`dynamic_multimask_via_stability` is eval-only).
+    Dropout in the memory attention is switched on by the caller (`deterministic=False`).
+    """
+    return override(cfg, {"only_obj_ptrs_in_the_past_for_eval": False,
+                          "binarize_mask_from_pts_for_mem_enc": False,
+                          "round_memory_to_bf16": False,
+                          "mask_decoder.dynamic_multimask_via_stability": False})
 
 
 def override(cfg: Any, dotted: Mapping[str, Any]) -> Any:

@@ -125,6 +125,15 @@ def write_frame(bank: MemoryBank, frame_idx, feats_bhwc, obj_ptr_bd, is_cond: bo
     )
 
 
+def write_frame_as(bank: MemoryBank, frame_idx, feats_bhwc, obj_ptr_bd, is_cond) -> MemoryBank:
+    """`write_frame` with a traced `is_cond` (scalar bool): both writes, one kept. Training
+    needs it: a frame that gets correction clicks becomes a conditioning frame, and which
+    frames do is data, not a shape."""
+    as_cond = write_frame(bank, frame_idx, feats_bhwc, obj_ptr_bd, is_cond=True)
+    as_recent = write_frame(bank, frame_idx, feats_bhwc, obj_ptr_bd, is_cond=False)
+    return jax.tree.map(lambda c, r: jnp.where(is_cond, c, r), as_cond, as_recent)
+
+
 def drop_frame(bank: MemoryBank, frame_idx, drop_mask_b=None) -> MemoryBank:
     """Invalidate every slot (conditioning, recent, pointer) holding `frame_idx`."""
     b = bank.num_objects

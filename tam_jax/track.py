@@ -49,14 +49,33 @@ def encode_frame_memory(cfg: EfficientTAMConfig, params, features_bhwc, high_res
                         binarize: bool):
     """Memory features (B, h, w, mem_dim) of a frame, in the bank's storage dtype."""
     model = EfficientTAM(cfg).bind({"params": params})
-    return _encode_frame_memory(model, features_bhwc, high_res_masks, binarize)
+    return frame_memory(model, features_bhwc, high_res_masks, binarize)
 
 
-def _encode_frame_memory(model: EfficientTAM, features_bhwc, high_res_masks, binarize: bool):
+def frame_memory(model: EfficientTAM, features_bhwc, high_res_masks, binarize: bool):
+    """`encode_frame_memory` with a bound model (inside a step that binds it once)."""
     cfg = model.cfg
     feats, _ = model.encode_memory(features_bhwc, mask_for_memory(cfg, high_res_masks, binarize),
                                    skip_mask_sigmoid=True)
     return feats.astype(memory_dtype(cfg))
+
+
+def conditioned_features(model: EfficientTAM, bank: MemoryBank, features_bhwc, pos_bhwc,
+                         frame_idx, num_frames, *, is_init_cond_frame: bool, reverse: bool,
+                         deterministic: bool = True) -> jax.Array:
+    """The frame's features (B, h, w, d) as the SAM heads see them: + `no_mem_embed` on an
+    initial conditioning frame, else after memory attention over the bank (a bound model;
+    dropout draws from its "dropout" rng when not deterministic)."""
+    cfg = model.cfg
+    b, h, w, d = features_bhwc.shape
+    if is_init_cond_frame and cfg.directly_add_no_mem_embed:
+        return features_bhwc + model.no_mem_embed.astype(features_bhwc.dtype)
+    memory, memory_pos, valid, n_ptr = assemble(cfg, bank, model.maskmem_tpos_enc, frame_idx,
+                                                num_frames, reverse)
+    return model.condition_on_memory(
+        features_bhwc.reshape(b, h * w, d), pos_bhwc.reshape(b, h * w, d), memory, memory_pos,
+        num_obj_ptr_tokens=n_ptr, key_valid_bm=valid,
+        deterministic=deterministic).reshape(b, h, w, d)
 
 
 def track_step(
@@ -96,19 +115,12 @@ def track_step(
     if store and not run_mem_encoder:
         raise ValueError("store needs run_mem_encoder=True")
     model = EfficientTAM(cfg).bind({"params": params})
-    b, h, w, d = features_bhwc.shape
     if mask_inputs is not None and cfg.use_mask_input_as_output_without_sam:
         heads = model.mask_as_output(features_bhwc, mask_inputs)
     else:
-        if is_init_cond_frame and cfg.directly_add_no_mem_embed:
-            pix = features_bhwc + model.no_mem_embed.astype(features_bhwc.dtype)
-        else:
-            memory, memory_pos, valid, n_ptr = assemble(cfg, bank, model.maskmem_tpos_enc,
-                                                        frame_idx, num_frames, reverse)
-            pix = model.condition_on_memory(
-                features_bhwc.reshape(b, h * w, d), pos_bhwc.reshape(b, h * w, d), memory,
-                memory_pos, num_obj_ptr_tokens=n_ptr, key_valid_bm=valid,
-                deterministic=deterministic).reshape(b, h, w, d)
+        pix = conditioned_features(model, bank, features_bhwc, pos_bhwc, frame_idx, num_frames,
+                                   is_init_cond_frame=is_init_cond_frame, reverse=reverse,
+                                   deterministic=deterministic)
         num_points = 0 if point_labels is None else point_labels.shape[1]
         multimask = use_multimask(cfg, is_init_cond_frame, num_points)
         heads = model.sam_heads(pix, point_coords, point_labels, prev_mask_logits, multimask)
@@ -117,7 +129,7 @@ def track_step(
                object_score_logits=heads["object_score_logits"])
     if run_mem_encoder:
         binarize = cfg.binarize_mask_from_pts_for_mem_enc and point_labels is not None
-        out["maskmem_features"] = _encode_frame_memory(model, features_bhwc,
+        out["maskmem_features"] = frame_memory(model, features_bhwc,
                                                        heads["high_res_masks"], binarize)
         if store:
             bank = write_frame(bank, frame_idx, out["maskmem_features"], out["obj_ptr"],

@@ -188,6 +188,17 @@ class ViTBlock(nn.Module):
         return x_bhwc + mlp(y)
 
 
+def remat_block(policy: str):
+    """ViTBlock, rematerialised per `ViTConfig.remat` (parameter names are unchanged)."""
+    if policy == "none":
+        return ViTBlock
+    if policy == "full":
+        return nn.remat(ViTBlock)
+    if policy == "dots":
+        return nn.remat(ViTBlock, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"unknown remat policy {policy!r}")
+
+
 class ViT(nn.Module):
     """`vitdet.ViT` trunk: 16 x 16 patch embed + resized abs. PE + blocks (no final norm).
 
@@ -210,8 +221,9 @@ class ViT(nn.Module):
         )
         x = x + resize_pos_embed_bicubic(pos_embed, x.shape[1], x.shape[2]).astype(x.dtype)
         window_blocks = set(vit.window_block_indexes)
+        block_cls = remat_block(vit.remat)
         for i in range(vit.depth):
-            x = ViTBlock(
+            x = block_cls(
                 c, vit.num_heads, vit.mlp_ratio,
                 window_size=vit.window_size if i in window_blocks else 0,
                 eps=vit.layer_norm_eps, dtype=dt, name=f"blocks_{i}",

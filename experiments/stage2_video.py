@@ -1,0 +1,40 @@
+"""Stage 2 of the EfficientTAM recipe: the whole model (memory included) on SA-V + SA-1B.
+
+    python scripts/train.py --config experiments/stage2_video.py:s_1 --workdir DIR \
+        --set init_from=stage1/checkpoints
+
+Paper (§4, efficienttam_spec.md §12): SA-V plus a 10 % subset of SA-1B (no other data), 300k
+steps, global batch 256, AdamW, lr 6e-5 for the image encoder and 3e-4 for the rest, cosine
+with 15k warm-up (to lr / 10, as SAM 2), weight decay 0.1, layer decay 0.8, 8-frame clips of <=
+3 objects, <= 64 masks per image, SAM 2's video augmentations and prompt simulation, bf16.
+Mixing weights: the paper's SA-V 70 % / SA-1B 15.2 % with its unavailable internal data left out
+(0.822 / 0.178). Use a `_1` variant ("s_1", "ti_1") for the pooled memory attention.
+"""
+
+from experiments import common
+
+
+def get_config(arg: str = "s_1"):
+    c = common.base(common.variant(arg))
+    c.data = common.data([
+        {"name": "sav", "data_dir": "/data/tfds", "batch_size": 8, "weight": 0.822},
+        {"name": "sa1b", "data_dir": "/data/tfds_sa1b_10pct", "batch_size": 8,
+         "weight": 0.178}])
+    c.optimizer = {"lr": 3e-4, "lr_image_encoder": 6e-5, "weight_decay": 0.1,
+                   "layer_decay": 0.8, "clip_norm": 0.1, "schedule": "cosine",
+                   "warmup_steps": 15_000, "total_steps": 300_000, "cosine_end_ratio": 0.1}
+    c.train.num_steps = 300_000
+    c.train.remat_frames = True
+    return c
+
+
+def sweep():
+    """Memory pooling ablation (paper Table 7): window 1 (full), 2, 4; constant on logits /
+    keys."""
+    out = []
+    for window in (1, 2, 4):
+        for constant in ("logits", "keys"):
+            out.append({"model.overrides": [
+                ("memory_attention.cross_attention.pool_window", window),
+                ("memory_attention.cross_attention.log_area_constant", constant)]})
+    return out

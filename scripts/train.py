@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Train EfficientTAM: a config from experiments/ and a workdir (checkpoints, TensorBoard).
+
+    python scripts/train.py --config experiments/stage2_video.py:s_1 --workdir /runs/s1 \
+        [--set train.num_steps=1000 --set data.sources.0.data_dir=/data/tfds] \
+        [--fake_devices 8]
+
+--config FILE[:ARG] calls FILE's get_config(ARG). --set KEY=VALUE overrides a dotted key of the
+config (VALUE is parsed as a Python literal when it is one, else taken as a string); repeat it.
+Rerunning the same command resumes from the workdir's latest checkpoint (also after a SIGTERM,
+which saves and exits). Resume order: the workdir's checkpoint > config.resume (another run) >
+config.init_from (params only: an official .pt or a tam_jax model dir) > from scratch.
+--fake_devices N splits this CPU into N devices (to try sharding presets without a TPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def load_config(spec: str):
+    """FILE[:ARG] -> FILE.get_config(ARG) (a ConfigDict)."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config: no such file {file}")
+    mod_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise SystemExit(f"--config: {file} defines no get_config(arg)")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def apply_overrides(config, pairs: list[str]):
+    """Apply KEY=VALUE dotted overrides (list indices allowed: data.sources.0.data_dir)."""
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        *parents, last = key.split(".")
+        node = config
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list | tuple) else node[p]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", required=True, help="experiments/FILE.py[:ARG]")
+    p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, logs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (dotted key); repeatable")
+    p.add_argument("--fake_devices", type=int, default=0,
+                   help="split the CPU into N devices (sharding tests without a TPU)")
+    args = p.parse_args(argv)
+    if args.fake_devices:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.fake_devices}")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    config = apply_overrides(load_config(args.config), args.set)
+
+    from tam_jax.training.trainer import train
+
+    print(config)
+    metrics = train(config, args.workdir)
+    if metrics:
+        print("last logged: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: losses, prompt simulation, train step and optimizer."""

@@ -1,0 +1,222 @@
+"""The training forward of one batch of clips: SAM 2's `SAM2Train.forward` in static shapes.
+
+    loss, aux = clip_loss(cfg, params, batch, kind, order, corrected, key, num_objects, ...)
+
+1. Image encoder on every frame of every clip at once (B*T images; per-block remat from
+   `cfg.vit.remat`).
+2. Objects are the batch axis of tracking: clip b's features serve its O object slots, N = B*O
+   (padded slots run too and are masked out of the loss).
+3. Initial conditioning frames (static count, `kind.init_prompts`): a GT-mask prompt is the
+   output itself (`mask_as_output`); a click or a noisy box goes through the SAM heads on the
+   frame's features + `no_mem_embed`, followed by `kind.corrections` correction clicks, each
+   appended to the frame's points with the previous low-res logits fed back as mask prompt.
+   The final mask is encoded into a conditioning memory slot.
+4. The other frames in increasing order (`lax.scan`): memory attention over the bank
+   (`track.conditioned_features`, the same function inference uses), SAM heads without
+   prompt (multimask, best IoU), then on frames drawn for correction (`corrected`, data) the
+   same correction loop (`lax.cond`), and the final mask encoded into the bank: as a
+   conditioning frame if it was corrected, else into the recent ring.
+5. Every prediction step of every frame adds SAM 2's losses (`losses.py`) on its multimask
+   high-resolution logits; sums over frames and steps, divided by the global object count.
+
+The model config must be in training mode (`configs.for_training`). Shapes: images (B, T, S,
+S, 3) normalised, masks (B, T, O, S, S) bool, obj_valid (B, O) bool.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from tam_jax.configs import EfficientTAMConfig
+from tam_jax.memory import empty_bank, write_frame, write_frame_as
+from tam_jax.models.tam import EfficientTAM
+from tam_jax.track import conditioned_features, frame_memory, use_multimask
+from tam_jax.training import losses, prompts
+
+_HEAD_KEYS = ("low_res_masks", "high_res_masks", "obj_ptr", "object_score_logits")
+
+
+def _bind(cfg: EfficientTAMConfig, params, rng) -> EfficientTAM:
+    """A model bound inside the current trace level (Flax scopes must not cross jax
+    transforms, so every scan / cond body binds its own)."""
+    rngs = None if rng is None else {"dropout": rng}
+    return EfficientTAM(cfg).bind({"params": params}, rngs=rngs)
+
+
+# metric sums of `losses.step_losses_and_metrics`, accumulated next to the loss terms
+_METRIC_SUMS = ("iou_sum", "best_iou_sum", "num_present", "obj_correct", "num_valid")
+
+
+def _zero_terms() -> dict:
+    return {k: jnp.zeros((), jnp.float32) for k in losses.TERMS + _METRIC_SUMS}
+
+
+def _add(acc: dict, new: dict) -> dict:
+    return {k: acc[k] + new[k] for k in acc}
+
+
+class _Frame:
+    """Per-frame inputs of the N tracked objects."""
+
+    def __init__(self, feats_bthwc, pos_bthwc, masks_btohw, t, num_obj: int):
+        take = lambda x: jnp.take(x, t, axis=1)  # (B, ...) of frame t (t traced)
+        rep = lambda x: jnp.repeat(x, num_obj, axis=0)  # clip -> its O object slots
+        self.feats = rep(take(feats_bthwc))  # (N, h, w, C)
+        self.pos = rep(take(pos_bthwc))
+        gt = take(masks_btohw)  # (B, O, S, S)
+        self.gt = gt.reshape((-1,) + gt.shape[2:])  # (N, S, S)
+
+
+def _step_terms(heads: dict, frame: _Frame, valid_n, num_objects, loss_cfg) -> dict:
+    """Loss terms and metric sums of one prediction step (multimask high-res logits)."""
+    terms, metrics = losses.step_losses_and_metrics(
+        loss_cfg, heads["high_res_multimasks"], heads["ious"], heads["object_score_logits"],
+        frame.gt, valid_n, num_objects)
+    return {**terms, **metrics}
+
+
+def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_clicks: int,
+             is_init_cond_frame: bool, prompt_cfg, valid_n, num_objects, loss_cfg):
+    """`n_clicks` correction clicks on one frame (SAM 2's `_iter_correct_pt_sampling`).
+
+    points (N, P, 2) / labels (N, P) so far (P may be 0). Each click is drawn from the error
+    of the current mask (or, with prob_sample_from_gt, from the GT mask), appended, and the
+    SAM heads rerun on the same conditioned features with the previous low-res logits as mask
+    prompt. Returns the last heads and the loss terms of the n_clicks new steps."""
+    terms = _zero_terms()
+    for j in range(n_clicks):
+        k_gt, k_pt, k_drop = jax.random.split(jax.random.fold_in(key, j), 3)
+        from_gt = jax.random.uniform(k_gt) < prompt_cfg.prob_sample_from_gt  # whole batch
+        pred = heads["high_res_masks"][:, 0] > 0
+        pred = jnp.where(from_gt, False, pred)  # an empty prediction = a click from the GT
+        new_pt, new_lb = prompts.correction_click(k_pt, frame.gt, pred)
+        points = jnp.concatenate([points, new_pt], axis=1)
+        labels = jnp.concatenate([labels, new_lb], axis=1)
+        multimask = use_multimask(cfg, is_init_cond_frame, points.shape[1])
+        prev = jnp.transpose(heads["low_res_masks"], (0, 2, 3, 1))  # (N, 4h, 4w, 1)
+        heads = model_fn(k_drop).sam_heads(pix, points, labels, prev, multimask)
+        terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
+    return heads, terms
+
+
+def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKind,
+              order: jax.Array, corrected: jax.Array, key: jax.Array, num_objects,
+              prompt_cfg: prompts.PromptConfig | None = None,
+              loss_cfg: losses.LossConfig | None = None, cond_capacity: int = 2,
+              deterministic: bool = False, remat_frames: bool = False,
+              return_frames: bool = False):
+    """Loss of one batch of clips and its terms.
+
+    batch: images (B, T, S, S, 3) normalised, masks (B, T, O, S, S) bool, obj_valid (B, O)
+    bool. kind (static) and order / corrected (T,) come from `prompts.sample_plan`.
+    num_objects: valid objects in the global batch (the loss normaliser). cond_capacity
+    (static): conditioning memory slots, >= the most conditioning frames a plan can have.
+    Returns (loss, aux) with aux the loss terms (summed over frames and steps) and the metric
+    sums of `losses.step_losses_and_metrics` (over frames and steps); with
+    return_frames (static) also `low_res_masks` (T, N, 1, 4h, 4w): each frame's final mask
+    logits, in processing order (for tests against the official model).
+    """
+    prompt_cfg = prompt_cfg or prompts.PromptConfig()
+    loss_cfg = loss_cfg or losses.LossConfig()
+    images, masks, obj_valid = batch["images"], batch["masks"], batch["obj_valid"]
+    b, t_len = images.shape[:2]
+    num_obj = masks.shape[2]
+    n = b * num_obj
+    valid_n = obj_valid.reshape(n)
+    num_objects = jnp.maximum(jnp.asarray(num_objects, jnp.float32), 1.0)
+    if kind.num_init_cond > t_len:
+        raise ValueError(f"plan has {kind.num_init_cond} conditioning frames, clip has {t_len}")
+    key_enc, key_init, key_scan = jax.random.split(key, 3)
+    rng_for = (lambda k: None) if deterministic else (lambda k: k)
+
+    def model_fn(k):
+        return _bind(cfg, params, rng_for(k))
+
+    # -- 1. image encoder, all frames at once
+    flat = images.reshape((b * t_len,) + images.shape[2:])
+    feats, pos = model_fn(key_enc).encode_image(flat.astype(jnp.float32))
+    feats = feats.reshape((b, t_len) + feats.shape[1:])  # (B, T, h, w, C)
+    pos = pos.reshape((b, t_len) + pos.shape[1:])
+
+    bank = empty_bank(cfg, n, cond_capacity=cond_capacity)
+    terms = _zero_terms()
+    needs_memory = t_len > 1
+    finals = []
+
+    # -- 2. initial conditioning frames (static count and prompt kinds)
+    for i, prompt in enumerate(kind.init_prompts):
+        k = jax.random.fold_in(key_init, i)
+        k_prompt, k_heads, k_corr = jax.random.split(k, 3)
+        f = order[i]
+        frame = _Frame(feats, pos, masks, f, num_obj)
+        model = model_fn(k_heads)
+        if prompt == "mask":
+            heads = model.mask_as_output(frame.feats, frame.gt[..., None])
+            terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
+        else:
+            if prompt == "box":
+                points, labels = prompts.noisy_box(k_prompt, frame.gt, prompt_cfg.box_noise,
+                                                   prompt_cfg.box_noise_bound)
+            else:
+                points, labels = prompts.initial_click(k_prompt, frame.gt)
+            pix = conditioned_features(model, bank, frame.feats, frame.pos, f, t_len,
+                                       is_init_cond_frame=True, reverse=False,
+                                       deterministic=deterministic)
+            heads = model.sam_heads(pix, points, labels, None,
+                                    use_multimask(cfg, True, points.shape[1]))
+            terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
+            heads, more = _correct(cfg, model_fn, pix, frame, heads, points, labels, k_corr,
+                                   kind.corrections, True, prompt_cfg, valid_n, num_objects,
+                                   loss_cfg)
+            terms = _add(terms, more)
+        finals.append(heads["low_res_masks"])
+        if needs_memory:
+            mem = frame_memory(model, frame.feats, heads["high_res_masks"], binarize=False)
+            bank = write_frame(bank, f, mem, heads["obj_ptr"], is_cond=True)
+
+    # -- 3. the other frames, in order, with memory
+    def track_one(carry, xs):
+        bank, terms = carry
+        f, is_corrected, i = xs
+        k_heads, k_corr = jax.random.split(jax.random.fold_in(key_scan, i))
+        frame = _Frame(feats, pos, masks, f, num_obj)
+        model = model_fn(k_heads)
+        pix = conditioned_features(model, bank, frame.feats, frame.pos, f, t_len,
+                                   is_init_cond_frame=False, reverse=False,
+                                   deterministic=deterministic)
+        heads = model.sam_heads(pix, None, None, None, use_multimask(cfg, False, 0))
+        terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
+        final = {k: heads[k] for k in _HEAD_KEYS}
+        if kind.corrections:
+            def with_clicks(_):
+                empty_pts = jnp.zeros((n, 0, 2), jnp.float32)
+                empty_lbl = jnp.zeros((n, 0), jnp.int32)
+                last, more = _correct(cfg, model_fn, pix, frame, heads, empty_pts, empty_lbl,
+                                      k_corr, kind.corrections, False, prompt_cfg, valid_n,
+                                      num_objects, loss_cfg)
+                return {k: last[k] for k in _HEAD_KEYS}, more
+
+            def without(_):
+                return final, _zero_terms()
+
+            final, more = jax.lax.cond(is_corrected, with_clicks, without, None)
+            terms = _add(terms, more)
+        mem = frame_memory(model_fn(None), frame.feats, final["high_res_masks"], binarize=False)
+        bank = write_frame_as(bank, f, mem, final["obj_ptr"], is_corrected)
+        return (bank, terms), (final["low_res_masks"] if return_frames else None)
+
+    rest = t_len - kind.num_init_cond
+    if rest > 0:
+        body = jax.checkpoint(track_one) if remat_frames else track_one
+        xs = (order[kind.num_init_cond:], corrected[kind.num_init_cond:],
+              jnp.arange(kind.num_init_cond, t_len))
+        (bank, terms), tracked = jax.lax.scan(body, (bank, terms), xs)
+        if return_frames:
+            finals += list(tracked)
+
+    loss = losses.total(loss_cfg, terms)
+    aux = dict(terms)
+    if return_frames:
+        aux["low_res_masks"] = jnp.stack(finals)
+    return loss, aux

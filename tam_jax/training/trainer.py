@@ -1,0 +1,270 @@
+"""The trainer: config + workdir -> a trained, checkpointed EfficientTAM.
+
+    python scripts/train.py --config experiments/tiny_local.py --workdir /tmp/run
+
+Reads top to bottom in phases: mesh, data, model and optimiser, sharding, restore, step,
+loop. The config is an `ml_collections.ConfigDict` (see `experiments/`); `train` never parses
+flags. Every host runs this same function (multi-host: `config.multihost` calls
+`jax.distributed.initialize()` first, with the TPU runtime's or the environment's settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from tam_jax import checkpointing, configs, sharding
+from tam_jax.models.tam import init_params, logical_axes
+from tam_jax.training import losses, optimizer, prompts
+from tam_jax.training.train_step import StepConfig, TrainState, create_train_state, make_train_step
+
+log = logging.getLogger("tam_jax.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """A step produced a non-finite loss or gradient (its update was dropped)."""
+
+
+def _dataclass_from(cls, section) -> object:
+    """A frozen config dataclass from a ConfigDict section (unknown keys are an error)."""
+    values = dict(section) if section is not None else {}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}; known: {sorted(fields)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
+
+
+def model_config(config) -> configs.EfficientTAMConfig:
+    """The training-mode model config: variant + overrides ((dotted key, value) pairs) +
+    compute dtype and remat."""
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in (config.model.get("overrides") or [])}
+    overrides.setdefault("compute_dtype", config.model.get("compute_dtype", "float32"))
+    overrides.setdefault("vit.remat", config.model.get("remat", "none"))
+    cfg = configs.override(configs.get_config(config.model.variant), overrides).validate()
+    return configs.for_training(cfg)
+
+
+def build_data(config, model_cfg, process_index=None, process_count=None):
+    """The host's Grain batch stream (input_pipeline.pipeline) from `config.data`."""
+    from input_pipeline import pipeline, sampling
+
+    d = config.data
+    specs = [pipeline.SourceSpec(s["name"], s["data_dir"], int(s["batch_size"]),
+                                 float(s.get("weight", 1.0)), s.get("split", "train"))
+             for s in d.sources]
+    cfg = pipeline.PipelineConfig(
+        resolution=model_cfg.image_size, seed=int(d.get("seed", 0)),
+        clip=_dataclass_from(sampling.ClipConfig, d.get("clip")),
+        image=_dataclass_from(sampling.ImageConfig, d.get("image")),
+        num_workers=int(d.get("num_workers", 0)), num_threads=int(d.get("num_threads", 2)),
+        prefetch_buffer_size=int(d.get("prefetch_buffer_size", 4)))
+    return pipeline.build(specs, cfg, process_index, process_count)
+
+
+class _MetricWriter:
+    """TensorBoard event files (tensorboardX, no TensorFlow) and `metrics.jsonl` (one JSON
+    object per logged step, easy to plot or compare), on process 0 only."""
+
+    def __init__(self, workdir: Path, enabled: bool):
+        self.writer = self.jsonl = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+            self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+            self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.jsonl.close()
+
+
+def _report_compiled(compiled, kind, batch_shapes) -> float:
+    """Print the compiled step's memory and FLOPs (per device); returns FLOPs per step."""
+    flops = float("nan")
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        flops = float(cost.get("flops", float("nan")))
+    except Exception as e:  # some backends do not report
+        log.info("no cost analysis: %s", e)
+    lines = [f"compiled train step for {kind} on batch {batch_shapes}: "
+             f"{flops / 1e9:.2f} GFLOP per device per step"]
+    try:
+        mem = compiled.memory_analysis()
+        gib = lambda n: f"{n / 2**30:.3f} GiB"
+        lines.append(f"  memory per device: arguments {gib(mem.argument_size_in_bytes)}, "
+                     f"outputs {gib(mem.output_size_in_bytes)}, temporaries "
+                     f"{gib(mem.temp_size_in_bytes)}, code {gib(mem.generated_code_size_in_bytes)}")
+    except Exception as e:
+        log.info("no memory analysis: %s", e)
+    print("\n".join(lines), flush=True)
+    return flops
+
+
+def train(config, workdir: str | Path,
+          eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None) -> dict:
+    """Run (or resume) training; returns the last logged metrics (host floats)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+
+    # ---------------------------------------------------------------- mesh
+    if config.get("multihost", False):
+        jax.distributed.initialize()
+    mesh = sharding.make_mesh(sharding.MeshConfig(**dict(config.mesh)))
+    rep = NamedSharding(mesh, PartitionSpec())
+    is_main = jax.process_index() == 0
+    print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
+          f"{jax.process_count()} process(es)", flush=True)
+
+    # ---------------------------------------------------------------- data
+    model_cfg = model_config(config)
+    data_it = iter(build_data(config, model_cfg))
+
+    # ---------------------------------------------------------------- model and optimiser
+    opt_cfg = _dataclass_from(optimizer.OptimizerConfig, config.optimizer)
+    seed = int(tc.seed)
+    abstract_params = jax.eval_shape(lambda: init_params(model_cfg, seed))
+    opt = optimizer.make_optimizer(opt_cfg, abstract_params, model_cfg)
+    if is_main:
+        print(optimizer.describe(abstract_params, model_cfg, opt_cfg), flush=True)
+    step_cfg = StepConfig(
+        model=model_cfg, optimizer=opt_cfg,
+        prompts=_dataclass_from(prompts.PromptConfig, config.get("prompts")),
+        losses=_dataclass_from(losses.LossConfig, config.get("losses")),
+        cond_capacity=int(tc.get("cond_capacity", 2)),
+        remat_frames=bool(tc.get("remat_frames", False)), dropout=bool(tc.get("dropout", True)))
+
+    # ---------------------------------------------------------------- sharding
+    def fresh_state():
+        return create_train_state(init_params(model_cfg, seed), opt, seed)
+
+    abstract_state = jax.eval_shape(fresh_state)
+    logical = logical_axes(model_cfg)
+    preset = config.get("sharding_preset", "dp")
+    state_sh = TrainState(
+        step=rep, rng=rep,
+        params=sharding.param_shardings(abstract_state.params, logical, mesh, preset),
+        opt_state=sharding.state_shardings(abstract_state.opt_state, abstract_state.params,
+                                           logical, mesh, preset))
+    if is_main:
+        print(sharding.describe_shardings(abstract_state.params, logical, mesh,
+                                          abstract_state.opt_state, presets=(preset,)),
+              flush=True)
+
+    # ---------------------------------------------------------------- restore
+    ckpt = checkpointing.TrainCheckpointer(
+        workdir, keep_last=tc.get("keep_last", 3), keep_every=tc.get("keep_every"),
+        save_every=int(tc.checkpoint_every), async_save=bool(tc.get("async_checkpoints", True)))
+    start = checkpointing.resolve_start(workdir, config.get("resume"), config.get("init_from"))
+    if start.kind in ("workdir", "resume"):
+        state = checkpointing.restore_train_state(
+            start.path, sharding.with_shardings(abstract_state, state_sh), step=start.step,
+            data_iterator=data_it)
+        print(f"restored step {int(state.step)} from {start.path} ({start.kind})", flush=True)
+    else:
+        state = jax.jit(fresh_state, out_shardings=state_sh)()
+        if start.kind == "init_from":
+            loaded = checkpointing.load_init_params(start.path, model_cfg)
+            state = state.replace(params=jax.device_put(
+                jax.tree.map(np.asarray, loaded), state_sh.params))
+            print(f"initialised params from {start.path}", flush=True)
+
+    # ---------------------------------------------------------------- step
+    batch_sh = sharding.batch_sharding(mesh)
+    compiled_steps: dict[tuple, tuple[Callable, float]] = {}
+
+    def run_step(kind, state, batch, order, corrected):
+        """One compiled executable per (plan kind, batch shapes), compiled ahead of time on
+        first use so that its memory and FLOPs are reported before it runs."""
+        shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+        if (kind, shapes) not in compiled_steps:
+            fn = jax.jit(make_train_step(step_cfg, opt, kind),
+                         in_shardings=(state_sh, batch_sh, rep, rep),
+                         out_shardings=(state_sh, rep), donate_argnums=0)
+            compiled = fn.lower(state, batch, order, corrected).compile()
+            report = {k: s for k, s, _ in shapes}
+            compiled_steps[(kind, shapes)] = (compiled, _report_compiled(compiled, kind, report))
+        compiled, flops = compiled_steps[(kind, shapes)]
+        return compiled(state, batch, order, corrected), flops
+
+    # ---------------------------------------------------------------- loop
+    from tqdm import tqdm
+
+    from input_pipeline.device import to_global
+
+    num_steps, log_every = int(tc.num_steps), int(tc.get("log_every", 10))
+    eval_every = int(tc.get("eval_every", 0) or 0)
+    writer = _MetricWriter(workdir, enabled=is_main)
+    first = int(state.step)
+    last_logged: dict = {}
+    prompt_seed = int(config.get("prompt_seed", seed))
+    t_prev = time.perf_counter()
+    with checkpointing.PreemptionGuard() as guard, tqdm(
+            total=num_steps, initial=first, desc="train", disable=not is_main,
+            dynamic_ncols=True) as bar:
+        for step in range(first, num_steps):
+            host_batch = next(data_it)
+            num_frames = host_batch["images"].shape[1]
+            plan = prompts.sample_plan(step_cfg.prompts, num_frames,
+                                       prompts.plan_rng(prompt_seed, step))
+            batch = to_global(host_batch, mesh, sharding.BATCH_AXES)
+            (state, metrics), flops = run_step(plan.kind, state, batch, plan.order,
+                                                plan.corrected)
+            metrics = jax.device_get(metrics)  # one sync per step (the NaN guard needs it)
+            now = time.perf_counter()
+            dt, t_prev = now - t_prev, now
+            if metrics["finite"] != 1.0:
+                bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+                ckpt.wait()
+                raise TrainingDiverged(
+                    f"step {step}: non-finite {', '.join(bad) or 'values'} (the update was "
+                    f"dropped; the last checkpoint is step {ckpt.latest_step()}); loss terms "
+                    + ", ".join(f"{k}={float(metrics[k]):.4g}" for k in losses.TERMS))
+            bar.update(1)
+            if (step + 1) % log_every == 0 or step + 1 == num_steps or step == first:
+                clips = host_batch["images"].shape[0] * jax.process_count()
+                scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+                scalars |= {"perf/step_time_s": dt, "perf/clips_per_s": clips / dt,
+                            "perf/flops_per_s_per_device": flops / dt}
+                writer.write(step + 1, scalars)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", iou=f"{metrics['iou']:.3f}",
+                                lr=f"{metrics['lr']:.2e}")
+                last_logged = scalars
+            ckpt.save(step + 1, state, data_it)
+            if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
+                writer.write(step + 1, {f"eval/{k}": float(v)
+                                        for k, v in eval_fn(state, step + 1).items()})
+            if guard.should_stop(step + 1):
+                print(f"\npreemption requested: saving step {step + 1} and exiting", flush=True)
+                ckpt.save(step + 1, state, data_it, force=True)
+                break
+    ckpt.save(int(state.step), state, data_it, force=True)
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    close = getattr(data_it, "close", None)
+    if close is not None:
+        close()
+    return last_logged
