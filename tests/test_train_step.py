@@ -107,8 +107,11 @@ def test_sharded_step_equals_single_device_for_every_preset():
         assert n_sharded > 0 or preset == "dp"
         np.testing.assert_allclose(float(got["loss"]), float(want["loss"]), rtol=2e-5)
         np.testing.assert_allclose(float(got["grad_norm"]), float(want["grad_norm"]), rtol=1e-4)
+        # Adam's first update is ~ lr * g / (|g| + eps): where |g| is tiny, float
+        # reduction-order differences of the gradient move the update by a fraction of lr
+        # (measured: up to 1.1e-5 = 0.4 % of lr on 3 of 24576 elements); 1 % of lr is the bar.
         for a, b in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-6, rtol=1e-4)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-5, rtol=1e-4)
 
 
 def test_non_finite_step_changes_nothing():
