@@ -1,7 +1,7 @@
 """TFDS record -> one fixed-shape training example (Grain `RandomMap` transforms).
 
-    VideoClip   SA-V record  -> T = num_frames frames, O = max_objects objects
-    ImageSample SA-1B record -> T = 1 frame,            O = max_masks objects
+    VideoClip   SA-V / DAVIS record -> T = num_frames frames, O = max_objects objects
+    ImageSample SA-1B record        -> T = 1 frame,            O = max_masks objects
 
 Every example, whatever the dataset (S = resolution):
     images     uint8 (T, S, S, 3) RGB            (float32, normalised, with normalize="host")
@@ -9,7 +9,8 @@ Every example, whatever the dataset (S = resolution):
                                                   np.packbits along the last axis)
     obj_valid  bool (O,)      real objects first, then padding (all-zero masks)
     obj_ids    int32 (O,)     the dataset's object / annotation ids, -1 for padding
-    frame_idx  int32 (T,)     24 fps frame index of each clip frame (SA-1B: 0)
+    frame_idx  int32 (T,)     24 fps frame index of each clip frame (DAVIS: frame number;
+                              SA-1B: 0)
     record_id  int32 ()       numeric video id (sav_000123 -> 123) / SA-1B image id
     orig_hw    int32 (2,)     size of the original video / image
 

@@ -7,7 +7,8 @@ SA-V val / test:
 DAVIS-2017 (also the layout for fine-tuning on your own videos):
     <root>/JPEGImages/480p/<vid>/00000.jpg ...
     <root>/Annotations/480p/<vid>/00000.png ...                 palette PNG, 0 = background,
-                                                                1..K = object ids
+                                                                1..K = object ids, 255 = void
+    or flat, without the resolution level: <root>/JPEGImages/<vid>/, <root>/Annotations/<vid>/
 Both read into `FolderVideo`: frame paths by frame index and per-object masks by frame index.
 """
 
@@ -21,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline.errors import CorruptRecord
+
+JPEG_EXTS = (".jpg", ".jpeg")
 
 
 @dataclasses.dataclass
@@ -56,7 +59,7 @@ def _stem_index(name: str, path: str) -> int:
     return int(stem)
 
 
-def _numbered(folder: str, ext: str) -> dict[int, str]:
+def _numbered(folder: str, ext: str | tuple[str, ...]) -> dict[int, str]:
     return {_stem_index(f, folder): os.path.join(folder, f) for f in sorted(os.listdir(folder))
             if f.lower().endswith(ext)}
 
@@ -107,22 +110,52 @@ def read_sav_eval(root: str | os.PathLike, split: str | None = None) -> Iterator
         yield FolderVideo(vid, _numbered(os.path.join(frames_root, vid), ".jpg"), masks)
 
 
+def davis_dirs(root: str | os.PathLike, resolution: str = "480p") -> tuple[str, str]:
+    """(frames root, annotations root) of a DAVIS-style folder: `JPEGImages/<resolution>/<vid>`
+    when that folder exists, else the flat `JPEGImages/<vid>` (video folders holding JPEGs).
+    Raises FileNotFoundError naming what was looked for."""
+    root = os.fspath(root)
+    frames, anns = os.path.join(root, "JPEGImages"), os.path.join(root, "Annotations")
+    nested = os.path.join(frames, resolution), os.path.join(anns, resolution)
+    if os.path.isdir(nested[0]):
+        if not os.path.isdir(nested[1]):
+            raise FileNotFoundError(f"{nested[1]} does not exist: not a DAVIS-style folder")
+        return nested
+    flat = os.path.isdir(frames) and any(
+        f.lower().endswith(JPEG_EXTS)
+        for d in os.scandir(frames) if d.is_dir() for f in os.listdir(d.path))
+    if not (flat and os.path.isdir(anns)):
+        raise FileNotFoundError(
+            f"not a DAVIS-style folder: expected {nested[0]} + {nested[1]}, or video folders of "
+            f"JPEGs directly in {frames} + {anns}")
+    return frames, anns
+
+
+def video_folders(frames_root: str) -> list[str]:
+    """The video folders (names) under a frames root, sorted."""
+    return sorted(d for d in os.listdir(frames_root)
+                  if os.path.isdir(os.path.join(frames_root, d)))
+
+
+def read_davis_video(frames_root: str, ann_root: str, vid: str) -> FolderVideo:
+    """One DAVIS-style video (palette PNGs; no annotation folder = no annotated frame).
+    Raises CorruptRecord("bad_name") for a frame file not named by its number."""
+    anns = os.path.join(ann_root, vid)
+    masks = {0: _numbered(anns, ".png")} if os.path.isdir(anns) else {0: {}}
+    return FolderVideo(vid, _numbered(os.path.join(frames_root, vid), JPEG_EXTS), masks,
+                       palette=True)
+
+
 def read_davis(root: str | os.PathLike, resolution: str = "480p",
                split: str | None = None) -> Iterator[FolderVideo]:
-    """DAVIS-2017 style. Videos from `<root>/ImageSets/2017/<split>.txt` when given, else all."""
+    """DAVIS-2017 style (nested or flat, see `davis_dirs`). Videos from
+    `<root>/ImageSets/2017/<split>.txt` when given, else all."""
     root = os.fspath(root)
-    frames_root = os.path.join(root, "JPEGImages", resolution)
-    ann_root = os.path.join(root, "Annotations", resolution)
-    for d in (frames_root, ann_root):
-        if not os.path.isdir(d):
-            raise FileNotFoundError(f"{d} does not exist: not a DAVIS-style folder")
+    frames_root, ann_root = davis_dirs(root, resolution)
     list_file = os.path.join(root, "ImageSets", "2017", f"{split}.txt") if split else None
     ids = _video_ids(root, None, frames_root, list_file)
     for vid in ids:
-        anns = os.path.join(ann_root, vid)
-        masks = {0: _numbered(anns, ".png")} if os.path.isdir(anns) else {0: {}}
-        yield FolderVideo(vid, _numbered(os.path.join(frames_root, vid), ".jpg"), masks,
-                          palette=True)
+        yield read_davis_video(frames_root, ann_root, vid)
 
 
 def _video_ids(root, split, frames_root, list_file=None) -> list[str]:
@@ -130,5 +163,4 @@ def _video_ids(root, split, frames_root, list_file=None) -> list[str]:
     if list_file and os.path.exists(list_file):
         with open(list_file) as f:
             return [line.strip() for line in f if line.strip()]
-    return sorted(d for d in os.listdir(frames_root)
-                  if os.path.isdir(os.path.join(frames_root, d)))
+    return video_folders(frames_root)

@@ -36,13 +36,14 @@ import grain
 
 from input_pipeline import augment, examples, sampling
 
-VIDEO_DATASETS = ("sav",)
+# "davis": DAVIS-style folders prepared with the SA-V record schema (tfds_builders/davis.py)
+VIDEO_DATASETS = ("sav", "davis")
 IMAGE_DATASETS = ("sa1b",)
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """One prepared dataset: its TFDS name ("sav" or "sa1b"), where it was prepared
+    """One prepared dataset: its TFDS name ("sav", "davis" or "sa1b"), where it was prepared
     (`scripts/prepare_data.py --data_dir`), its per-host batch size and mixing weight."""
 
     name: str
@@ -91,12 +92,23 @@ class PipelineConfig:
         return aug
 
 
+def tfds_name(name: str) -> str:
+    """The name TFDS finds a prepared dataset by: "davis" with its version, since TFDS's own
+    (unrelated) `davis` builder would otherwise claim the name."""
+    if name == "davis":
+        from input_pipeline.tfds_builders import davis
+
+        return davis.TFDS_NAME
+    return name
+
+
 def open_source(spec: SourceSpec):
     """The prepared dataset as a random-access source; a clear error when it is missing."""
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.data_source(spec.name, split=spec.split, data_dir=spec.data_dir)
+        return tfds.data_source(tfds_name(spec.name), split=spec.split,
+                                data_dir=spec.data_dir, download=False)  # never fetch
     except Exception as e:  # TFDS raises several kinds for "not prepared here"
         raise FileNotFoundError(
             f"no prepared {spec.name!r} dataset ({spec.split}) in {spec.data_dir}: prepare it "

@@ -1,19 +1,21 @@
-"""Parallel, resumable preparation of SA-1B / SA-V into TFDS array_record datasets.
+"""Parallel, resumable preparation of SA-1B / SA-V / DAVIS-style folders into TFDS
+array_record datasets.
 
     prepare("sa1b", manual_dir, data_dir, num_workers=8)
 
-Each original shard (`sa_XXXXXX.tar`, `sav_XXX.tar`) is converted by one worker process into
-one array_record file of TFDS-serialised examples (`examples_from_tar` of the builder: the
-same conversion as the single-process `GeneratorBasedBuilder`), in `<data_dir>/<name>/
-<version>.work/`. A shard is written to a temporary name and renamed when complete, and its
-report (counts, skipped records) is written after it: a shard counts as done only when its
-report exists, so a preparation killed at any moment restarts without redoing finished shards
-and never exposes a half-written one. When every shard is done the dataset directory is
-assembled (hard links, numbered `<name>-train.array_record-0000i-of-0000N`; empty shards left
-out), its TFDS metadata written (`tfds.folder_dataset.write_metadata`), and the whole directory
-renamed into place at once, with `prepare_report.json` (counts by kind, every skipped record).
-Run one preparation per dataset directory at a time: a start removes the temporary files a
-killed run left behind.
+Each original shard (`sa_XXXXXX.tar`, `sav_XXX.tar`; for DAVIS-style folders a group of
+`videos_per_shard` videos, `tfds_builders.davis.VideoShard`) is converted by one worker process
+into one array_record file of TFDS-serialised examples (`examples_from_tar` of the builder, or
+its `examples_from_shard`: the same conversion as the single-process `GeneratorBasedBuilder`),
+in `<data_dir>/<name>/<version>.work/`. A shard is written to a temporary name and renamed when
+complete, and its report (counts, skipped records) is written after it: a shard counts as done
+only when its report exists, so a preparation killed at any moment restarts without redoing
+finished shards and never exposes a half-written one. When every shard is done the dataset
+directory is assembled (hard links, numbered `<name>-<split>.array_record-0000i-of-0000N`, per
+split: "train", and DAVIS's optional held-out split; empty shards left out), its TFDS metadata
+written (`tfds.folder_dataset.write_metadata`), and the whole directory renamed into place at
+once, with `prepare_report.json` (counts by kind, every skipped record). Run one preparation
+per dataset directory at a time: a start removes the temporary files a killed run left behind.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import time
 from input_pipeline.errors import CorruptRecord
 from input_pipeline.tfds_builders import base
 
-KINDS = ("sa1b", "sav")
+KINDS = ("sa1b", "sav", "davis")
+_CONFIG_CLASSES = {"sa1b": "Sa1bConfig", "sav": "SavConfig", "davis": "DavisConfig"}
 
 
 def _builder_module(kind: str):
@@ -40,14 +43,15 @@ def _builder_module(kind: str):
         from input_pipeline.tfds_builders import sa1b as mod
     elif kind == "sav":
         from input_pipeline.tfds_builders import sav as mod
+    elif kind == "davis":
+        from input_pipeline.tfds_builders import davis as mod
     else:
         raise ValueError(f"unknown dataset {kind!r}; choose one of {KINDS}")
     return mod
 
 
 def default_config(kind: str):
-    mod = _builder_module(kind)
-    return mod.Sa1bConfig() if kind == "sa1b" else mod.SavConfig()
+    return getattr(_builder_module(kind), _CONFIG_CLASSES[kind])()
 
 
 def _config_hash(kind: str, config) -> str:
@@ -55,18 +59,33 @@ def _config_hash(kind: str, config) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def find_shards(kind: str, manual_dir: str) -> list[str]:
-    """The original shards in `manual_dir` (SA-V also as extracted `sav_0XX/` folders)."""
+def find_shards(kind: str, manual_dir: str, config=None) -> list:
+    """The original shards in `manual_dir` (SA-V also as extracted `sav_0XX/` folders; DAVIS:
+    `VideoShard`s, groups of video folders, which depend on the config)."""
     mod = _builder_module(kind)
+    if hasattr(mod, "find_shards"):
+        return mod.find_shards(manual_dir, config or default_config(kind))
     return base.find_shards(manual_dir, mod.SHARD_GLOB, mod.FOLDER_GLOB)
 
 
-def _stem(shard: str) -> str:
-    """`.../sa_000001.tar` or `.../sav_001/` -> the name of its work files."""
-    return os.path.basename(shard.rstrip("/")).removesuffix(".tar")
+def _is_path(shard) -> bool:
+    return isinstance(shard, str | os.PathLike)
 
 
-def convert_shard(kind: str, shard: str, work_dir: str, config) -> dict:
+def _stem(shard) -> str:
+    """`.../sa_000001.tar` or `.../sav_001/` (or a shard object's `stem`) -> the name of its
+    work files."""
+    if not _is_path(shard):
+        return shard.stem
+    return os.path.basename(os.fspath(shard).rstrip("/")).removesuffix(".tar")
+
+
+def _split(shard) -> str:
+    """The split a shard's examples go to: "train" for original shards (paths)."""
+    return "train" if _is_path(shard) else shard.split
+
+
+def convert_shard(kind: str, shard, work_dir: str, config) -> dict:
     """Convert one original shard into `<work_dir>/<stem>.array_record` + its report.
     -> the report dict. Runs in a worker process."""
     from array_record.python import array_record_module
@@ -85,13 +104,14 @@ def convert_shard(kind: str, shard: str, work_dir: str, config) -> dict:
     skipped: list[dict] = []
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     try:
-        for item in mod.examples_from_tar(shard, config):
+        convert = getattr(mod, "examples_from_shard", None) or mod.examples_from_tar
+        for item in convert(shard, config):
             if isinstance(item, CorruptRecord):
                 skipped.append(item.as_dict())
                 continue
             key, example = item
             if key in keys:
-                skipped.append(CorruptRecord(shard, key, "duplicate_key",
+                skipped.append(CorruptRecord(str(shard), key, "duplicate_key",
                                              "the same id twice in one shard").as_dict())
                 continue
             keys.add(key)
@@ -106,7 +126,8 @@ def convert_shard(kind: str, shard: str, work_dir: str, config) -> dict:
         raise
     writer.close()
     os.replace(tmp, out)
-    report = {"shard": shard, "stem": stem, "examples": count, "num_bytes": nbytes,
+    report = {"shard": str(shard), "stem": stem, "split": _split(shard),
+              "examples": count, "num_bytes": nbytes,
               "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3),
               "config_hash": _config_hash(kind, config)}
     _write_json_atomic(os.path.join(work_dir, f"{stem}.report.json"), report)
@@ -120,7 +141,7 @@ def _write_json_atomic(path: str, data) -> None:
     os.replace(tmp, path)
 
 
-def _done_report(work_dir: str, shard: str, chash: str) -> dict | None:
+def _done_report(work_dir: str, shard, chash: str) -> dict | None:
     stem = _stem(shard)
     path = os.path.join(work_dir, f"{stem}.report.json")
     shard_file = os.path.join(work_dir, f"{stem}.array_record")
@@ -143,7 +164,7 @@ def prepare(kind: str, manual_dir: str, data_dir: str, config=None, num_workers:
     mod = _builder_module(kind)
     config = config or default_config(kind)
     manual_dir, data_dir = os.fspath(manual_dir), os.fspath(data_dir)
-    shards = find_shards(kind, manual_dir)
+    shards = find_shards(kind, manual_dir, config)
     final_dir = os.path.join(data_dir, mod.NAME, mod.VERSION)
     work_dir = final_dir + ".work"
     os.makedirs(work_dir, exist_ok=True)
@@ -172,46 +193,63 @@ def prepare(kind: str, manual_dir: str, data_dir: str, config=None, num_workers:
     return report
 
 
-def _assemble(mod, reports: list[dict], work_dir: str, final_dir: str, kind: str, config) -> dict:
+def _link_split(mod, split: str, full: list[dict], work_dir: str, tmp_dir: str, template):
+    """Hard-link one split's non-empty shard files under their TFDS names -> its SplitInfo."""
     import tensorflow_datasets as tfds
 
-    full = [r for r in reports if r["examples"] > 0]
-    if not full:
-        raise RuntimeError(f"no usable example in any shard; see the reports in {work_dir}")
-    tmp_dir = f"{final_dir}.incomplete-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
     n = len(full)
     for i, r in enumerate(full):
         src = os.path.join(work_dir, f"{r['stem']}.array_record")
-        dst = os.path.join(tmp_dir, f"{mod.NAME}-train.array_record-{i:05d}-of-{n:05d}")
+        dst = os.path.join(tmp_dir, f"{mod.NAME}-{split}.array_record-{i:05d}-of-{n:05d}")
         try:
             os.link(src, dst)
         except OSError:
             shutil.copyfile(src, dst)
+    return tfds.core.SplitInfo(name=split, shard_lengths=[r["examples"] for r in full],
+                               num_bytes=sum(r["num_bytes"] for r in full),
+                               filename_template=template)
+
+
+def _assemble(mod, reports: list[dict], work_dir: str, final_dir: str, kind: str, config) -> dict:
+    import tensorflow_datasets as tfds
+
+    by_split: dict[str, list[dict]] = {}
+    for r in reports:
+        if r["examples"] > 0:
+            by_split.setdefault(r.get("split", "train"), []).append(r)
+    if not by_split:
+        raise RuntimeError(f"no usable example in any shard; see the reports in {work_dir}")
+    tmp_dir = f"{final_dir}.incomplete-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
     template = tfds.core.ShardedFileTemplate(
         data_dir=tmp_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
         dataset_name=mod.NAME, filetype_suffix="array_record")
-    split = tfds.core.SplitInfo(name="train", shard_lengths=[r["examples"] for r in full],
-                                num_bytes=sum(r["num_bytes"] for r in full),
-                                filename_template=template)
+    splits = [_link_split(mod, name, full, work_dir, tmp_dir, template)
+              for name, full in by_split.items()]
     tfds.folder_dataset.write_metadata(data_dir=tmp_dir, features=mod.features(),
-                                       split_infos=[split], filename_template=template,
+                                       split_infos=splits, filename_template=template,
                                        check_data=False)  # its check needs TensorFlow
     # our check: TFDS opens it without TensorFlow and sees every example
-    source = tfds.builder_from_directory(tmp_dir).as_data_source(split="train")
-    expected = sum(r["examples"] for r in full)
-    if len(source) != expected:
-        raise RuntimeError(f"assembled {tmp_dir} reads {len(source)} examples, not {expected}")
-    source[0], source[len(source) - 1]  # decodes
+    builder = tfds.builder_from_directory(tmp_dir)
+    for name, full in by_split.items():
+        source = builder.as_data_source(split=name)
+        expected = sum(r["examples"] for r in full)
+        if len(source) != expected:
+            raise RuntimeError(f"assembled {tmp_dir} reads {len(source)} {name} examples, "
+                               f"not {expected}")
+        source[0], source[len(source) - 1]  # decodes
     counts = collections.Counter(s["kind"] for r in reports for s in r["skipped"])
     report = {
         "dataset": mod.NAME, "version": mod.VERSION, "config": dataclasses.asdict(config),
-        "shards": len(reports), "shards_with_examples": n,
+        "shards": len(reports), "shards_with_examples": sum(map(len, by_split.values())),
         "examples": sum(r["examples"] for r in reports),
+        "split_examples": {name: sum(r["examples"] for r in full)
+                           for name, full in by_split.items()},
         "skipped_by_kind": dict(sorted(counts.items())),
         "skipped": [s for r in reports for s in r["skipped"]],
-        "per_shard": [{k: r[k] for k in ("shard", "examples", "num_bytes", "seconds")}
+        "per_shard": [{"split": r.get("split", "train"),
+                       **{k: r[k] for k in ("shard", "examples", "num_bytes", "seconds")}}
                       for r in reports],
     }
     _write_json_atomic(os.path.join(tmp_dir, "prepare_report.json"), report)

@@ -222,7 +222,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare_data.py sav"):
         build([SourceSpec("sav", str(tmp_path), 1)], _cfg(), 0, 1)
     with pytest.raises(ValueError, match="unknown dataset"):
-        SourceSpec("davis", str(tmp_path), 1)
+        SourceSpec("mose", str(tmp_path), 1)  # not a prepared kind
 
 
 # ------------------------------------------------------------------------------ device
