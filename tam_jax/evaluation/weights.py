@@ -1,0 +1,131 @@
+"""Model weights for evaluation, from whatever a user points at.
+
+`load_eval_model(checkpoint, variant, overrides)` -> (config, params) where checkpoint is
+    None / "none"        random weights (seed 0), for smoke tests and the untrained baseline
+    <file>.pt            an official EfficientTAM checkpoint (strictly converted)
+    <model dir>          a tam_jax model directory (`scripts/convert.py to-jax`, `save_model`)
+    <workdir>            a training workdir or its `checkpoints/` directory: the params of the
+                         latest training checkpoint (optimiser state and PRNG are not read)
+The config is the *evaluation* one (not `configs.for_training`); `overrides` are dotted config
+keys (e.g. {"vit.depth": 2}) for models trained with a modified variant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tam_jax import checkpointing, configs
+
+STATE_ITEM = "state"  # the train-state item inside a training step directory
+
+
+def is_random(checkpoint) -> bool:
+    """Whether `checkpoint` asks for random weights (None or the string "none")."""
+    return checkpoint is None or (isinstance(checkpoint, str) and checkpoint.lower() == "none")
+
+
+def read_train_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
+    """(params as numpy, step) of a training checkpoint under `path` (a workdir or its
+    checkpoints directory); `step` None = the latest finished one.
+
+    Only the `params` subtree of the saved train state is read (Orbax partial restore, as numpy
+    arrays: no abstract train state, optimiser or mesh needed; any device count works).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = checkpointing.find_checkpoints_dir(path)
+    step = checkpointing.latest_checkpoint_step(directory) if step is None else int(step)
+    state_dir = directory / str(step) / STATE_ITEM
+    if not state_dir.is_dir():
+        raise checkpointing.CheckpointError(f"{state_dir}: no train state saved for step {step}")
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # Orbax warns about metadata files it does not need here
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.metadata(state_dir).item_metadata.tree
+            if not isinstance(tree, Mapping) or "params" not in tree:
+                raise checkpointing.CheckpointError(
+                    f"{state_dir}: not a train state (no 'params' entry)"
+                )
+            as_numpy = {"params": _numpy_restore_args(tree["params"], ocp)}
+            restored = ckptr.restore(
+                state_dir,
+                args=ocp.args.PyTreeRestore(
+                    item={"params": tree["params"]}, restore_args=as_numpy, partial_restore=True
+                ),
+            )
+    finally:
+        absl_log.setLevel(level)
+    return restored["params"], step
+
+
+def _numpy_restore_args(meta_tree: Any, ocp) -> Any:
+    import jax
+
+    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
+
+
+@functools.lru_cache(maxsize=4)
+def random_params(cfg: configs.EfficientTAMConfig, seed: int = 0) -> dict:
+    """`init_params(cfg, seed)`, cached per process: its compile is the slowest step of a
+    small evaluation on CPU (about a minute for the tiny variant on 2 busy cores), and the
+    demo / tests ask for the same random model several times. Treat the result as read-only."""
+    from tam_jax.models.tam import init_params
+
+    return init_params(cfg, seed)
+
+
+def eval_config(variant: str, overrides: Mapping[str, Any] | None = None):
+    """The evaluation config of `variant` with dotted `overrides` applied and validated."""
+    cfg = configs.get_config(variant)
+    if overrides:
+        cfg = configs.override(cfg, dict(overrides)).validate()
+    return cfg
+
+
+def load_eval_model(
+    checkpoint: str | os.PathLike | None,
+    variant: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> tuple[configs.EfficientTAMConfig, dict]:
+    """(config, params) for evaluation; see the module docstring for what `checkpoint` may be.
+
+    `variant` may be omitted for an official `.pt` (inferred from its shapes) and a model
+    directory (read from its metadata); random weights and training checkpoints need it.
+    Params are checked leaf by leaf against the config (CheckpointError listing misfits).
+    """
+    if is_random(checkpoint):
+        if variant is None:
+            raise checkpointing.CheckpointError("random weights (checkpoint none) need a variant")
+        cfg = eval_config(variant, overrides)
+        return cfg, random_params(cfg, seed)
+    path = Path(checkpoint)
+    if not path.exists():
+        raise checkpointing.CheckpointError(f"{path}: no such checkpoint file or directory")
+    if path.is_file():
+        from tam_jax.convert.checkpoint import load_official_checkpoint
+
+        params, cfg = load_official_checkpoint(path, variant)
+        cfg = eval_config(cfg.name, overrides)
+    elif checkpointing.is_model_dir(path):
+        params, saved = checkpointing.load_model(path)
+        cfg = eval_config(variant or saved, overrides)
+    else:
+        if variant is None:
+            raise checkpointing.CheckpointError(
+                f"{path}: a training checkpoint needs a variant (and overrides for a modified "
+                "variant: see the training config's model section)"
+            )
+        params, _ = read_train_params(path)
+        cfg = eval_config(variant, overrides)
+    checkpointing.check_param_shapes(params, cfg, str(path))
+    return cfg, params
