@@ -70,12 +70,26 @@ def main(argv=None) -> int:
                    help="override a config value (dotted key); repeatable")
     p.add_argument("--fake_devices", type=int, default=0,
                    help="split the CPU into N devices (sharding tests without a TPU)")
+    p.add_argument("--coordinator_address", default=None,
+                   help="multi-process run outside a TPU pod (e.g. 127.0.0.1:12345): with "
+                        "--num_processes and --process_id, calls jax.distributed.initialize "
+                        "with them (on a TPU pod use --set multihost=True: the runtime knows)")
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
     args = p.parse_args(argv)
+    if (args.coordinator_address is None) != (args.num_processes is None) or (
+            (args.num_processes is None) != (args.process_id is None)):
+        p.error("--coordinator_address, --num_processes and --process_id go together")
     if args.fake_devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.fake_devices}")
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     config = apply_overrides(load_config(args.config), args.set)
+    if args.coordinator_address is not None:
+        config.multihost = True
+        config.distributed = {"coordinator_address": args.coordinator_address,
+                              "num_processes": args.num_processes,
+                              "process_id": args.process_id}
 
     from tam_jax.training.trainer import train
 

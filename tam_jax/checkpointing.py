@@ -297,10 +297,46 @@ def restore_train_state(checkpoints_dir: str | os.PathLike, abstract_train_state
         return _restore(mngr, step, abstract_train_state, data_iterator)
 
 
+def read_train_state(checkpoints_dir: str | os.PathLike, step: int | None = None) -> dict:
+    """The saved train state of `step` (default: the latest) as a nested dict of numpy arrays
+    ({"step", "rng", "params", "opt_state"}), read on this host without a mesh or an abstract
+    state (any device count, any number of writing processes): to inspect or compare runs."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(checkpoints_dir).absolute()
+    with _open_manager(directory, _manager_options(read_only=True)) as mngr:
+        if step is None:
+            step = mngr.latest_step()
+        if step is None or step not in mngr.all_steps():
+            raise CheckpointError(f"{directory}: no checkpoint for step {step} "
+                                  f"(have {sorted(mngr.all_steps())})")
+    path = directory / str(step) / _STATE
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.metadata(path).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 # ------------------------------------------------------------------------------- preemption
 
 def _multiprocess() -> bool:
     return jax.process_count() > 1 and jax.distributed.is_initialized()
+
+
+def sync_processes(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process reaches the barrier `name` (unique per call site and use);
+    a no-op in a single process.
+
+    It goes through the JAX coordination service, not a device collective, so hosts may arrive
+    far apart (one compiling, another loading the same program from the persistent cache). A
+    collective over a device group for the first time cannot wait that long on CPU: gloo gives
+    up when its peers are more than 30 s apart (and Orbax's own barriers are collectives)."""
+    if not _multiprocess():
+        return
+    import orbax.checkpoint as ocp
+
+    ocp.multihost.sync_global_processes(name, timeout=timeout_s,
+                                        processes=set(range(jax.process_count())))
 
 
 class PreemptionGuard:

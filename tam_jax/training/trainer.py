@@ -56,8 +56,19 @@ def model_config(config) -> configs.EfficientTAMConfig:
     return configs.for_training(cfg)
 
 
+def _concat_batches(batches: tuple[dict, ...]) -> dict:
+    """Batches of consecutive host slices -> one batch (leading axes concatenated in order)."""
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
 def build_data(config, model_cfg, process_index=None, process_count=None):
-    """The host's Grain batch stream (input_pipeline.pipeline) from `config.data`."""
+    """The host's Grain batch stream (input_pipeline.pipeline) from `config.data`.
+
+    `config.data.host_slices` = K (default 1) makes each of the P processes read the slices of
+    K consecutive virtual hosts (process i: hosts i*K .. i*K+K-1 of P*K) and concatenate their
+    batches, so the per-host batch is K x the sources' batch sizes and the global batches are
+    exactly those of a run on P*K hosts (checkpointed as one Grain iterator): fewer hosts
+    replay a multi-host run's data (tests/test_train_processes.py: one process, two slices)."""
     from input_pipeline import pipeline, sampling
 
     d = config.data
@@ -70,7 +81,23 @@ def build_data(config, model_cfg, process_index=None, process_count=None):
         image=_dataclass_from(sampling.ImageConfig, d.get("image")),
         num_workers=int(d.get("num_workers", 0)), num_threads=int(d.get("num_threads", 2)),
         prefetch_buffer_size=int(d.get("prefetch_buffer_size", 4)))
-    return pipeline.build(specs, cfg, process_index, process_count)
+    slices = int(d.get("host_slices", 1) or 1)
+    if slices == 1:
+        return pipeline.build(specs, cfg, process_index, process_count)
+    import grain
+
+    if process_index is None or process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    hosts = [pipeline.build_map_dataset(specs, cfg, process_index * slices + k,
+                                        process_count * slices) for k in range(slices)]
+    ds = grain.experimental.ZipMapDataset(hosts).map(_concat_batches).to_iter_dataset(
+        grain.ReadOptions(num_threads=cfg.num_threads,
+                          prefetch_buffer_size=cfg.prefetch_buffer_size))
+    if cfg.num_workers > 0:
+        pipeline._allow_worker_processes()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+    return ds
 
 
 class _MetricWriter:
@@ -122,6 +149,18 @@ def _report_compiled(compiled, kind, batch_shapes) -> float:
     return flops
 
 
+def initialize_distributed(settings=None) -> None:
+    """`jax.distributed.initialize`: on TPU pods with no settings (the runtime provides them);
+    elsewhere (CPU processes on one machine, the tests) from `settings` = {coordinator_address,
+    num_processes, process_id[, local_device_ids]}. CPU processes exchange data over gloo."""
+    settings = dict(settings or {})
+    if jax.config.jax_platforms and "cpu" in jax.config.jax_platforms.split(","):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(**settings)
+
+
 def train(config, workdir: str | Path,
           eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None) -> dict:
     """Run (or resume) training; returns the last logged metrics (host floats)."""
@@ -131,7 +170,7 @@ def train(config, workdir: str | Path,
 
     # ---------------------------------------------------------------- mesh
     if config.get("multihost", False):
-        jax.distributed.initialize()
+        initialize_distributed(config.get("distributed"))
     mesh = sharding.make_mesh(sharding.MeshConfig(**dict(config.mesh)))
     rep = NamedSharding(mesh, PartitionSpec())
     is_main = jax.process_index() == 0
@@ -174,6 +213,9 @@ def train(config, workdir: str | Path,
               flush=True)
 
     # ---------------------------------------------------------------- restore
+    # Hosts arrive here apart (process 0 printed the tables): meet before Orbax's first
+    # collective (see checkpointing.sync_processes).
+    checkpointing.sync_processes("tam_jax_train_setup")
     ckpt = checkpointing.TrainCheckpointer(
         workdir, keep_last=tc.get("keep_last", 3), keep_every=tc.get("keep_every"),
         save_every=int(tc.checkpoint_every), async_save=bool(tc.get("async_checkpoints", True)))
@@ -206,6 +248,9 @@ def train(config, workdir: str | Path,
             compiled = fn.lower(state, batch, order, corrected).compile()
             report = {k: s for k, s, _ in shapes}
             compiled_steps[(kind, shapes)] = (compiled, _report_compiled(compiled, kind, report))
+            # compile times differ between hosts (a persistent-cache hit on one): meet before
+            # the step's first collectives
+            checkpointing.sync_processes(f"tam_jax_compiled_{len(compiled_steps)}")
         compiled, flops = compiled_steps[(kind, shapes)]
         return compiled(state, batch, order, corrected), flops
 
