@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 LogAreaConstant = Literal["logits", "keys", "none"]
 ComputeDtype = Literal["float32", "bfloat16"]
+ConvImpl = Literal["xla", "matmul"]
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -160,6 +161,10 @@ class EfficientTAMConfig:
 
     # --- numerics ---
     compute_dtype: ComputeDtype = "float32"
+    # How convolutions run (same params, same results to float rounding): "xla" (one conv op;
+    # TPU / GPU) or "matmul" (slices + matmul; several times faster to *train* on CPU, whose
+    # XLA conv weight gradients are slow). See `models.layers.Conv2d`.
+    conv_impl: ConvImpl = "xla"
 
     @property
     def feat_size(self) -> int:
@@ -199,6 +204,8 @@ class EfficientTAMConfig:
             errors.append(f"vit.remat must be one of {REMAT_POLICIES}, not {self.vit.remat!r}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             errors.append(f"compute_dtype must be float32 or bfloat16, not {self.compute_dtype}")
+        if self.conv_impl not in ("xla", "matmul"):
+            errors.append(f"conv_impl must be xla or matmul, not {self.conv_impl!r}")
         if errors:
             raise ValueError(f"invalid config {self.name!r}: " + "; ".join(errors))
         return self

@@ -331,3 +331,28 @@ def test_draw_masks_colours_and_contour():
     assert (out[10, 10] == np.rint(colour * 0.5)).all()  # blended inside
     assert (out[5, 10] == colour).all()  # the outline, full colour
     assert (out[0, 0] == 0).all()  # background untouched
+
+
+def test_model_description_round_trip(tmp_path):
+    """The trainer's model.json gives evaluation the variant and overrides of a workdir; a
+    missing or broken one is a clear error naming the file."""
+    import ml_collections
+
+    from tam_jax import checkpointing
+    from tam_jax.evaluation.weights import read_model_description
+    from tam_jax.training.trainer import write_model_description
+
+    config = ml_collections.ConfigDict({"model": {
+        "variant": "tiny", "overrides": [("vit.depth", 2), ("vit.global_att_blocks", (1,))]}})
+    write_model_description(config, tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for where in (tmp_path, tmp_path / "checkpoints"):
+        variant, overrides = read_model_description(where)
+        assert variant == "tiny"
+        assert overrides == {"vit.depth": 2, "vit.global_att_blocks": (1,)}
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(checkpointing.CheckpointError, match="model.json: not a model desc"):
+        read_model_description(tmp_path)
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(checkpointing.CheckpointError, match="no model.json"):
+        read_model_description(tmp_path)

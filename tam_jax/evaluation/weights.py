@@ -4,7 +4,8 @@
     None / "none"        random weights (seed 0), for smoke tests and the untrained baseline
     <file>.pt            an official EfficientTAM checkpoint (strictly converted)
     <model dir>          a tam_jax model directory (`scripts/convert.py to-jax`, `save_model`)
-    <workdir>            a training workdir or its `checkpoints/` directory: the params of the
+    <workdir>            a training workdir or its `checkpoints/` directory (variant and
+                         overrides from its model.json unless given): the params of the
                          latest training checkpoint (optimiser state and PRNG are not read)
 The config is the *evaluation* one (not `configs.for_training`); `overrides` are dotted config
 keys (e.g. {"vit.depth": 2}) for models trained with a modified variant.
@@ -13,6 +14,7 @@ keys (e.g. {"vit.depth": 2}) for models trained with a modified variant.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -83,6 +85,32 @@ def random_params(cfg: configs.EfficientTAMConfig, seed: int = 0) -> dict:
     return init_params(cfg, seed)
 
 
+MODEL_FILE = "model.json"  # written by the trainer (training.trainer.write_model_description)
+
+
+def read_model_description(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(variant, overrides) of a training workdir (or its checkpoints dir) from its
+    model.json; CheckpointError naming the file when it is missing or malformed."""
+    path = Path(path).absolute()
+    for candidate in (path / MODEL_FILE, path.parent / MODEL_FILE):
+        if candidate.is_file():
+            break
+    else:
+        raise checkpointing.CheckpointError(
+            f"{path}: no {MODEL_FILE} (written by training runs since it was added): pass the "
+            "variant (and overrides for a modified variant: the training config's model "
+            "section)")
+    try:
+        desc = json.loads(candidate.read_text())
+        variant = str(desc["variant"])
+        overrides = {str(k): tuple(v) if isinstance(v, list) else v
+                     for k, v in desc.get("overrides", [])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise checkpointing.CheckpointError(
+            f"{candidate}: not a model description ({e!r})") from None
+    return variant, overrides
+
+
 def eval_config(variant: str, overrides: Mapping[str, Any] | None = None):
     """The evaluation config of `variant` with dotted `overrides` applied and validated."""
     cfg = configs.get_config(variant)
@@ -121,10 +149,8 @@ def load_eval_model(
         cfg = eval_config(variant or saved, overrides)
     else:
         if variant is None:
-            raise checkpointing.CheckpointError(
-                f"{path}: a training checkpoint needs a variant (and overrides for a modified "
-                "variant: see the training config's model section)"
-            )
+            variant, saved_overrides = read_model_description(path)
+            overrides = {**saved_overrides, **dict(overrides or {})}
         params, _ = read_train_params(path)
         cfg = eval_config(variant, overrides)
     checkpointing.check_param_shapes(params, cfg, str(path))

@@ -56,6 +56,10 @@ def dense(
     )
 
 
+ConvImpl = str  # "xla" (lax.conv_general_dilated) or "matmul" (slices + one matmul)
+CONV_IMPLS = ("xla", "matmul")
+
+
 def conv(
     features: int,
     kernel_size: int,
@@ -66,31 +70,122 @@ def conv(
     groups: int = 1,
     axes: Axes = (None, None, "conv_in", "conv_out"),
     dtype: jnp.dtype = jnp.float32,
-) -> nn.Conv:
-    """Conv2d on NHWC with PyTorch-style symmetric integer padding. Kernel HWIO."""
-    return nn.Conv(
-        features,
-        kernel_size=(kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        feature_group_count=groups,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(_kernel_init, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
-        name=name,
-    )
+    impl: ConvImpl = "xla",
+) -> Conv2d:
+    """Conv2d on NHWC with PyTorch-style symmetric integer padding. Kernel HWIO.
+
+    `impl` ("xla" / "matmul", the model config's `conv_impl`) picks how it is computed; the
+    parameters and the result are the same either way (see `Conv2d`)."""
+    return Conv2d(features, kernel_size, stride, padding, groups, use_bias, axes, dtype, impl,
+                  name=name)
+
+
+class Conv2d(nn.Module):
+    """Conv2d, NHWC in / out, kernel (k, k, Cin / groups, Cout) + bias: the params of `nn.Conv`.
+
+    impl "xla": one `lax.conv_general_dilated` (the right choice on TPU / GPU).
+    impl "matmul": the k x k strided slices of the padded input concatenated on the channel
+    axis (im2col without a convolution op), then one matmul with the kernel reshaped to
+    (k * k * Cin, Cout); a depthwise conv (groups == Cin == Cout) is the sum of k * k shifted
+    slices times a per-channel weight. Why: XLA:CPU runs the *weight gradient* of a
+    convolution through a slow generic path (measured 1.7 s for the 7 x 7 depthwise kernel
+    gradient of one tiny-variant memory-encoder call, about 60 % of a CPU train step), while
+    slices, matmuls and their transposes are fast. Same sums in a different order: results
+    agree to float rounding (tests/test_conv_impl.py).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    use_bias: bool = True
+    axes: Axes = (None, None, "conv_in", "conv_out")
+    dtype: jnp.dtype = jnp.float32
+    impl: ConvImpl = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, p, g = self.kernel_size, self.stride, self.padding, self.groups
+        lead, x = x.shape[:-3], x.reshape((-1,) + x.shape[-3:])  # any leading batch dims
+        cin = x.shape[-1]
+        if cin % g or self.features % g:
+            raise ValueError(f"{self.name}: channels {cin} -> {self.features} not divisible "
+                             f"by groups {g}")
+        kernel = self.param("kernel", nn.with_logical_partitioning(_kernel_init, self.axes),
+                            (k, k, cin // g, self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        w = kernel.astype(self.dtype)
+        if self.impl == "xla":
+            y = jax.lax.conv_general_dilated(
+                x, w, (s, s), ((p, p), (p, p)), feature_group_count=g,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        elif self.impl == "matmul":
+            y = _conv_by_slices(x, w, s, p, g, self.name)
+        else:
+            raise ValueError(f"conv impl must be one of {CONV_IMPLS}, not {self.impl!r}")
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros_init(), (self.axes[-1],)), (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y.reshape(lead + y.shape[1:])
+
+
+def _shifted_slices(x: jax.Array, k: int, s: int, p: int) -> tuple[list[jax.Array], int, int]:
+    """The k * k views x_pad[:, dy::s, dx::s] (dy, dx row-major) of output size (Ho, Wo)."""
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if p:
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    views = [
+        jax.lax.slice(x, (0, dy, dx, 0), (n, dy + s * (ho - 1) + 1, dx + s * (wo - 1) + 1, c),
+                      (1, s, s, 1))
+        for dy in range(k) for dx in range(k)
+    ]
+    return views, ho, wo
+
+
+def _conv_by_slices(x: jax.Array, w: jax.Array, s: int, p: int, groups: int,
+                    name: str) -> jax.Array:
+    """`Conv2d`'s "matmul" path. x (N, H, W, Cin), w (k, k, Cin / groups, Cout)."""
+    k, _, cin_g, cout = w.shape
+    cin = x.shape[-1]
+    if k == s and p == 0 and groups == 1 and x.shape[1] % k == 0 and x.shape[2] % k == 0:
+        # non-overlapping patches (patch embeddings, 2x2 / 4x4 downscaling): a reshape
+        n, h, wd, _ = x.shape
+        x = x.reshape(n, h // k, k, wd // k, k, cin).transpose(0, 1, 3, 2, 4, 5)
+        return jnp.einsum("nhwijc,ijco->nhwo", x, w)
+    views, ho, wo = _shifted_slices(x, k, s, p)
+    if groups == 1:
+        cols = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+        return jnp.einsum("nhwc,co->nhwo", cols, w.reshape(k * k * cin, cout))
+    if groups == cin == cout and cin_g == 1:  # depthwise
+        taps = w.reshape(k * k, cout)
+        y = views[0] * taps[0]
+        for i in range(1, len(views)):
+            y = y + views[i] * taps[i]
+        return y
+    raise NotImplementedError(f"{name}: conv impl 'matmul' supports groups 1 or depthwise, "
+                              f"not groups={groups} with {cin} -> {cout} channels")
 
 
 def conv_transpose(
-    features: int, kernel_size: int, stride: int, name: str, dtype: jnp.dtype = jnp.float32
-) -> nn.ConvTranspose:
+    features: int, kernel_size: int, stride: int, name: str, dtype: jnp.dtype = jnp.float32,
+    impl: ConvImpl = "xla",
+) -> nn.Module:
     """ConvTranspose2d (PyTorch semantics, padding 0) on NHWC.
 
     `transpose_kernel=True` makes Flax compute exactly PyTorch's transposed conv; the kernel is
     stored as (kh, kw, out, in) = torch weight (in, out, kh, kw).transpose(2, 3, 1, 0) (spec §11.2).
+    impl "matmul" (kernel == stride only, as every use in the model): one matmul per input
+    pixel to its k x k output block, then a depth-to-space reshape (see `Conv2d` for why).
     """
+    if impl == "matmul":
+        if kernel_size != stride:
+            raise NotImplementedError(f"{name}: conv impl 'matmul' needs kernel == stride")
+        return PatchConvTranspose(features, kernel_size, dtype, name=name)
+    if impl != "xla":
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, not {impl!r}")
     return nn.ConvTranspose(
         features,
         kernel_size=(kernel_size, kernel_size),
@@ -103,6 +198,31 @@ def conv_transpose(
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
         name=name,
     )
+
+
+class PatchConvTranspose(nn.Module):
+    """ConvTranspose2d with kernel == stride = k, padding 0 (the params of `conv_transpose`):
+    out[n, k*y + i, k*x + j, o] = sum_c in[n, y, x, c] * kernel[i, j, o, c] + bias[o]
+    (what Flax computes with transpose_kernel=True and this kernel layout)."""
+
+    features: int
+    kernel_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, lead = self.kernel_size, x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:])
+        n, h, w, cin = x.shape
+        axes = (None, None, "conv_out", "conv_in")
+        kernel = self.param("kernel", nn.with_logical_partitioning(_kernel_init, axes),
+                            (k, k, self.features, cin), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), ("conv_out",)), (self.features,), jnp.float32)
+        kernel = kernel.astype(self.dtype)
+        y = jnp.einsum("nhwc,ijoc->nhiwjo", x.astype(self.dtype), kernel)
+        y = y.reshape(lead + (h * k, w * k, self.features))
+        return y + bias.astype(self.dtype)
 
 
 def layer_norm(name: str, eps: float, dtype: jnp.dtype = jnp.float32) -> nn.LayerNorm:

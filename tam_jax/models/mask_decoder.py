@@ -103,9 +103,11 @@ class MaskDecoder(nn.Module):
 
         # ---- upscale the image embedding 4x: ConvT -> LN2d -> GELU -> ConvT -> GELU
         x = src_bnc.reshape(b, h, w, d)
-        x = layers.conv_transpose(d // 4, 2, 2, "output_upscaling_0", dtype=dt)(x)
+        x = layers.conv_transpose(d // 4, 2, 2, "output_upscaling_0", dtype=dt,
+                                  impl=cfg.conv_impl)(x)
         x = layers.gelu(layers.layer_norm("output_upscaling_1", 1e-6, dtype=dt)(x))
-        x = layers.gelu(layers.conv_transpose(d // 8, 2, 2, "output_upscaling_3", dtype=dt)(x))
+        x = layers.gelu(layers.conv_transpose(d // 8, 2, 2, "output_upscaling_3", dtype=dt,
+                                             impl=cfg.conv_impl)(x))
 
         hyper_in = jnp.stack([
             layers.MLP(d, d // 8, 3, out_axis=None, name=f"output_hypernetworks_mlps_{i}",

@@ -38,11 +38,13 @@ class MaskDownSampler(nn.Module):
             chans *= me.downsampler_stride**2  # channel capacity grows with each downsample
             x = layers.conv(chans, me.downsampler_kernel, f"encoder_{3 * s}",
                             stride=me.downsampler_stride, padding=me.downsampler_padding,
-                            axes=(None, None, None, None), dtype=dt)(x)
+                            axes=(None, None, None, None), dtype=dt,
+                            impl=self.cfg.conv_impl)(x)
             x = layers.layer_norm(f"encoder_{3 * s + 1}", _LN2D_EPS, dt)(x)
             x = layers.gelu(x)
         return layers.conv(self.cfg.hidden_dim, 1, f"encoder_{3 * n}",
-                           axes=(None, None, None, "hidden"), dtype=dt)(x)
+                           axes=(None, None, None, "hidden"), dtype=dt,
+                           impl=self.cfg.conv_impl)(x)
 
 
 class CXBlock(nn.Module):
@@ -51,12 +53,14 @@ class CXBlock(nn.Module):
     dim: int
     kernel_size: int = 7
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> jax.Array:
         d, dt = self.dim, self.dtype
         y = layers.conv(d, self.kernel_size, "dwconv", padding=self.kernel_size // 2, groups=d,
-                        axes=(None, None, None, "hidden"), dtype=dt)(x_bhwc)
+                        axes=(None, None, None, "hidden"), dtype=dt,
+                        impl=self.conv_impl)(x_bhwc)
         y = layers.layer_norm("norm", _LN2D_EPS, dt)(y)
         y = layers.dense(4 * d, ("hidden", "mlp"), "pwconv1", dtype=dt)(y)
         y = layers.dense(d, ("mlp", "hidden"), "pwconv2", dtype=dt)(layers.gelu(y))
@@ -75,7 +79,8 @@ class Fuser(nn.Module):
         me = self.cfg.memory_encoder
         dt = layers.compute_dtype(self.cfg.compute_dtype)
         for i in range(me.fuser_layers):
-            x_bhwc = CXBlock(self.cfg.hidden_dim, me.fuser_kernel, dt, name=f"layers_{i}")(x_bhwc)
+            x_bhwc = CXBlock(self.cfg.hidden_dim, me.fuser_kernel, dt, self.cfg.conv_impl,
+                             name=f"layers_{i}")(x_bhwc)
         return x_bhwc
 
 
@@ -103,10 +108,10 @@ class MemoryEncoder(nn.Module):
             masks = jax.nn.sigmoid(masks)
         masks = MaskDownSampler(cfg, name="mask_downsampler")(masks)
         x = layers.conv(cfg.hidden_dim, 1, "pix_feat_proj", axes=(None, None, "hidden", "hidden"),
-                        dtype=dt)(pix_feat_bhwc.astype(dt))
+                        dtype=dt, impl=cfg.conv_impl)(pix_feat_bhwc.astype(dt))
         x = Fuser(cfg, name="fuser")(x + masks)
         if cfg.mem_dim != cfg.hidden_dim:
             x = layers.conv(cfg.mem_dim, 1, "out_proj", axes=(None, None, "hidden", "mem"),
-                            dtype=dt)(x)
+                            dtype=dt, impl=cfg.conv_impl)(x)
         pos = sine_position_encoding(h, w, cfg.mem_dim)
         return x, jnp.broadcast_to(pos[None], (b, h, w, cfg.mem_dim))

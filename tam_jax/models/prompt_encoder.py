@@ -55,11 +55,14 @@ class PromptEncoder(nn.Module):
         self.not_a_point_embed = embed(1, d, "not_a_point_embed", dt)
         self.no_mask_embed = embed(1, d, "no_mask_embed", dt)
         # Conv(1->c/4, k2 s2), LN2d, GELU, Conv(c/4->c, k2 s2), LN2d, GELU, Conv(c->d, 1)
-        self.mask_downscaling_0 = layers.conv(c // 4, 2, "mask_downscaling_0", stride=2, dtype=dt)
+        self.mask_downscaling_0 = layers.conv(c // 4, 2, "mask_downscaling_0", stride=2, dtype=dt,
+                                              impl=cfg.conv_impl)
         self.mask_downscaling_1 = layers.layer_norm("mask_downscaling_1", 1e-6, dtype=dt)
-        self.mask_downscaling_3 = layers.conv(c, 2, "mask_downscaling_3", stride=2, dtype=dt)
+        self.mask_downscaling_3 = layers.conv(c, 2, "mask_downscaling_3", stride=2, dtype=dt,
+                                              impl=cfg.conv_impl)
         self.mask_downscaling_4 = layers.layer_norm("mask_downscaling_4", 1e-6, dtype=dt)
-        self.mask_downscaling_6 = layers.conv(d, 1, "mask_downscaling_6", dtype=dt)
+        self.mask_downscaling_6 = layers.conv(d, 1, "mask_downscaling_6", dtype=dt,
+                                              impl=cfg.conv_impl)
 
     @property
     def _dtype(self) -> jnp.dtype:

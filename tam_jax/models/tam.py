@@ -59,7 +59,8 @@ class EfficientTAM(nn.Module):
             self.obj_ptr_proj = layers.dense(d, ("hidden", "hidden"), "obj_ptr_proj", dtype=dt)
         # Turns a mask prompt (model-input size, 0/1) into SAM-scale logits at 1/4 resolution,
         # for the pointer of mask-input frames (spec §4.3).
-        self.mask_downsample = layers.conv(1, 4, "mask_downsample", stride=4, dtype=dt)
+        self.mask_downsample = layers.conv(1, 4, "mask_downsample", stride=4, dtype=dt,
+                                           impl=cfg.conv_impl)
         trunc = nn.initializers.truncated_normal(0.02)
         self.maskmem_tpos_enc = self.param(
             "maskmem_tpos_enc", nn.with_logical_partitioning(trunc, (None, None, None, "mem")),

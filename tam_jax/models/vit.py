@@ -214,7 +214,8 @@ class ViT(nn.Module):
         c, g, p = vit.embed_dim, vit.pretrain_grid, vit.patch_size
         if images_bhwc.shape[1] % p or images_bhwc.shape[2] % p:
             raise ValueError(f"image size {images_bhwc.shape[1:3]} not a multiple of patch {p}")
-        x = _PatchEmbed(c, p, dtype=dt, name="patch_embed")(images_bhwc)  # (B, h, w, C)
+        x = _PatchEmbed(c, p, dtype=dt, conv_impl=self.cfg.conv_impl,
+                        name="patch_embed")(images_bhwc)  # (B, h, w, C)
         pos_embed = layers.param(
             self, "pos_embed", (1, 1 + g * g, c), (None, None, "embed"),
             init=nn.initializers.truncated_normal(0.02),
@@ -237,12 +238,14 @@ class _PatchEmbed(nn.Module):
     embed_dim: int
     patch_size: int
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, images_bhwc: jax.Array) -> jax.Array:
         p = self.patch_size
         return layers.conv(self.embed_dim, p, "proj", stride=p,
-                           axes=(None, None, None, "embed"), dtype=self.dtype)(images_bhwc)
+                           axes=(None, None, None, "embed"), dtype=self.dtype,
+                           impl=self.conv_impl)(images_bhwc)
 
 
 class ViTDetNeck(nn.Module):
@@ -258,7 +261,8 @@ class ViTDetNeck(nn.Module):
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> tuple[jax.Array, jax.Array]:
         dt = layers.compute_dtype(self.cfg.compute_dtype)
-        feats = _NeckBranch(self.cfg.hidden_dim, dtype=dt, name="convs_0")(x_bhwc)
+        feats = _NeckBranch(self.cfg.hidden_dim, dtype=dt, conv_impl=self.cfg.conv_impl,
+                            name="convs_0")(x_bhwc)
         b, h, w, d = feats.shape
         pos = sine_position_encoding(h, w, d).astype(feats.dtype)
         return feats, jnp.broadcast_to(pos[None], (b, h, w, d))
@@ -270,14 +274,16 @@ class _NeckBranch(nn.Module):
     d_model: int
     eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> jax.Array:
         d, dt = self.d_model, self.dtype
         x = layers.conv(d, 1, "conv_1x1", use_bias=False, axes=(None, None, "embed", "hidden"),
-                        dtype=dt)(x_bhwc)
+                        dtype=dt, impl=self.conv_impl)(x_bhwc)
         x = layers.layer_norm("norm_0", self.eps, dtype=dt)(x)
-        x = layers.conv(d, 3, "conv_3x3", padding=1, use_bias=False, dtype=dt)(x)
+        x = layers.conv(d, 3, "conv_3x3", padding=1, use_bias=False, dtype=dt,
+                        impl=self.conv_impl)(x)
         return layers.layer_norm("norm_1", self.eps, dtype=dt)(x)
 
 

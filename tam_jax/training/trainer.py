@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,22 @@ def _dataclass_from(cls, section) -> object:
         raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}; known: {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**values)
+
+
+MODEL_FILE = "model.json"  # the workdir's model description, read by evaluation
+
+
+def write_model_description(config, workdir: Path) -> Path:
+    """`<workdir>/model.json`: {"variant", "overrides"} of the trained model, so that
+    evaluation (`evaluation.weights.load_eval_model`) rebuilds it from the workdir alone."""
+    desc = {"variant": config.model.variant,
+            "overrides": [[k, list(v) if isinstance(v, tuple) else v]
+                          for k, v in (config.model.get("overrides") or [])]}
+    path = workdir / MODEL_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(desc, indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: never a half-written description
+    return path
 
 
 def model_config(config) -> configs.EfficientTAMConfig:
@@ -262,6 +279,8 @@ def train(config, workdir: str | Path,
     num_steps, log_every = int(tc.num_steps), int(tc.get("log_every", 10))
     eval_every = int(tc.get("eval_every", 0) or 0)
     writer = _MetricWriter(workdir, enabled=is_main)
+    if is_main:
+        write_model_description(config, workdir)
     first = int(state.step)
     last_logged: dict = {}
     prompt_seed = int(config.get("prompt_seed", seed))
