@@ -224,12 +224,19 @@ def main(argv=None) -> int:
         from scripts import benchmark_input
 
         return benchmark_input.main(argv[1:])
+    if argv[:1] == ["train"]:  # train-step memory / FLOPs (TPU AOT) and CPU FLOP/s: own flags
+        from scripts import benchmark_train
+
+        return benchmark_train.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="image", choices=["image", "track", "input"],
+    parser.add_argument("what", nargs="?", default="image",
+                        choices=["image", "track", "input", "train"],
                         help="image: encode + one prediction; track: video tracking per frame; "
                              "input: input pipeline per core (scripts/benchmark_input.py; "
-                             "`input --help` for its flags)")
+                             "`input --help` for its flags); train: train-step memory and "
+                             "FLOPs on TPU v5e ahead of time and FLOP/s on this CPU "
+                             "(scripts/benchmark_train.py; `train --help` for its flags)")
     parser.add_argument("--variants", nargs="+", default=None,
                         help=f"image default {list(DEFAULT_VARIANTS)}; "
                              f"track default {list(TRACK_VARIANTS)}")
@@ -246,8 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
                         help="track: object counts timed for tam_jax")
     args = parser.parse_args(argv)
-    if args.what == "input":
-        parser.error("`input` takes its own flags: put it first (benchmark.py input --help)")
+    if args.what in ("input", "train"):
+        parser.error(f"`{args.what}` takes its own flags: put it first "
+                     f"(benchmark.py {args.what} --help)")
     if args.what == "track":
         args.variants = args.variants or list(TRACK_VARIANTS)
         args.repeats = args.repeats or 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The end-to-end demo (until the training demo lands): official weights -> tam_jax -> predict.
+"""The converter demo: official weights -> tam_jax -> predict -> back to PyTorch, with parity.
 
 1. Build the official PyTorch EfficientTAM with random weights and save it as an official
    checkpoint (`{'model': state_dict}`), as the released `.pt` files are.
@@ -9,7 +9,7 @@
    parity figures (max |logit difference|, binarized-mask agreement, IoU-score difference).
 5. Export back with `to-torch` and check the official model loads it with strict=True.
 
-    python scripts/demo.py [--variant efficienttam_ti_512x512] [--workdir artifacts/demo]
+    python scripts/demo_convert.py [--variant efficienttam_ti_512x512] [--workdir artifacts/demo]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="efficienttam_ti_512x512")
-    parser.add_argument("--workdir", default="artifacts/demo")
+    parser.add_argument("--workdir", default="artifacts/demo_convert")
     args = parser.parse_args(argv)
 
     import numpy as np
