@@ -97,9 +97,9 @@ def read_model_description(path: str | os.PathLike) -> tuple[str, dict[str, Any]
             break
     else:
         raise checkpointing.CheckpointError(
-            f"{path}: no {MODEL_FILE} (written by training runs since it was added): pass the "
-            "variant (and overrides for a modified variant: the training config's model "
-            "section)")
+            f"{path}: no {MODEL_FILE} (written by training runs since it was added), so a "
+            "training checkpoint needs a variant (and overrides for a modified variant: the "
+            "training config's model section)")
     try:
         desc = json.loads(candidate.read_text())
         variant = str(desc["variant"])
