@@ -100,6 +100,7 @@ def load_model(path: str | os.PathLike) -> tuple[dict, str]:
 # --------------------------------------------------------------------- training checkpoints
 
 CHECKPOINTS_DIR = "checkpoints"  # under a workdir
+MODEL_FILE = "model.json"  # a training workdir's model description (variant + overrides)
 _STATE = "state"  # item names inside one step directory
 _DATA = "data"
 

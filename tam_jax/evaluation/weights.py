@@ -85,7 +85,7 @@ def random_params(cfg: configs.EfficientTAMConfig, seed: int = 0) -> dict:
     return init_params(cfg, seed)
 
 
-MODEL_FILE = "model.json"  # written by the trainer (training.trainer.write_model_description)
+MODEL_FILE = checkpointing.MODEL_FILE  # written by training.trainer.write_model_description
 
 
 def read_model_description(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:

@@ -46,16 +46,13 @@ def _dataclass_from(cls, section) -> object:
     return cls(**values)
 
 
-MODEL_FILE = "model.json"  # the workdir's model description, read by evaluation
-
-
 def write_model_description(config, workdir: Path) -> Path:
     """`<workdir>/model.json`: {"variant", "overrides"} of the trained model, so that
     evaluation (`evaluation.weights.load_eval_model`) rebuilds it from the workdir alone."""
     desc = {"variant": config.model.variant,
             "overrides": [[k, list(v) if isinstance(v, tuple) else v]
                           for k, v in (config.model.get("overrides") or [])]}
-    path = workdir / MODEL_FILE
+    path = workdir / checkpointing.MODEL_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(desc, indent=1) + "\n")
     os.replace(tmp, path)  # atomic: never a half-written description
