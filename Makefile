@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # Re-install whenever setup.cfg changes (the stamp carries its hash).
 STAMP := $(VENV)/.installed-$(shell sha1sum setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 PIP := $(PY) -m pip install -q --disable-pip-version-check
+# pytest worker processes (pytest-xdist; whole files per worker). 2 fits 2 cores / 24 GiB.
+TEST_WORKERS ?= 2
 
 .PHONY: venv test demo lint format benchmark clean
 
@@ -25,7 +27,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: venv
 	$(PY) -m ruff check tam_jax input_pipeline scripts tests
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: venv
 	$(PY) scripts/demo.py

@@ -31,6 +31,26 @@ SHAPES = ("ellipse", "rectangle", "triangle")
 PATTERNS = ("stripes", "checker", "speckle")
 
 
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """How hard a scene is. radius: an object's half-extents as a fraction of min(H, W), drawn
+    from [lo, hi]; speed: its displacement over a whole video as a fraction of min(H, W)
+    (videos shorter than 8 frames move as if they had 8), drawn from [lo, hi]; distractors:
+    unannotated look-alikes per video. The defaults are the scenes the tests were written on."""
+
+    radius: tuple[float, float] = (0.08, 0.2)
+    speed: tuple[float, float] = (0.3, 1.5)
+    distractors: int = 1
+
+    def __post_init__(self):
+        for name in ("radius", "speed"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"SceneConfig.{name} must be 0 <= lo <= hi, got {(lo, hi)}")
+        if self.distractors < 0:
+            raise ValueError(f"SceneConfig.distractors must be >= 0, got {self.distractors}")
+
+
 @dataclasses.dataclass
 class ObjectSpec:
     """One moving object. Positions / sizes in pixels; angles in radians; per-frame motion."""
@@ -56,15 +76,15 @@ def _smooth_noise(rng, h, w, cells=6):
 
 
 def random_objects(rng: np.random.Generator, h: int, w: int, n_objects: int,
-                   n_distractors: int = 1, n_frames: int = 1,
+                   n_distractors: int = 1, n_frames: int = 1, scene: SceneConfig = SceneConfig(),
                    ) -> tuple[list[ObjectSpec], list[ObjectSpec]]:
     """Annotated objects and distractors (a distractor copies an annotated object's shape,
-    pattern and colours and moves elsewhere)."""
+    pattern and colours and moves elsewhere). `scene` sets the sizes and speeds."""
     scale = min(h, w)
 
     def one(leaves=False):
-        r = rng.uniform(0.08, 0.2, size=2) * scale
-        speed = rng.uniform(0.3, 1.5) * scale / max(n_frames, 8)
+        r = rng.uniform(*scene.radius, size=2) * scale
+        speed = rng.uniform(*scene.speed) * scale / max(n_frames, 8)
         theta = rng.uniform(0, 2 * math.pi)
         return ObjectSpec(
             shape=str(rng.choice(SHAPES)), pattern=str(rng.choice(PATTERNS)),
@@ -132,14 +152,18 @@ def _texture(obj: ObjectSpec, lu, lv, rng_speckle):
 
 
 def render_video(seed: int, h: int, w: int, n_frames: int, n_objects: int = 3,
-                 n_distractors: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 n_distractors: int | None = None, scene: SceneConfig = SceneConfig(),
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """-> frames uint8 (T, H, W, 3), visible masks bool (T, N, H, W) of the annotated objects.
 
     Depth order is fixed per object, so nearer objects occlude farther ones; a mask is the
     object's visible part. Object 1 (when present) leaves the frame and re-enters it.
+    n_distractors: default `scene.distractors`.
     """
     rng = np.random.default_rng(seed)
-    objects, distractors = random_objects(rng, h, w, n_objects, n_distractors, n_frames)
+    if n_distractors is None:
+        n_distractors = scene.distractors
+    objects, distractors = random_objects(rng, h, w, n_objects, n_distractors, n_frames, scene)
     background = _smooth_noise(rng, h, w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     everything = [(o, k) for k, o in enumerate(objects)] + [(d, -1) for d in distractors]
@@ -287,15 +311,17 @@ def sav_json(video_id: str, masks: np.ndarray, n_frames: int, kind: str = "manua
     return data
 
 
-def sav_video(seed: int, h: int, w: int, n_frames: int, n_objects: int = 3):
+def sav_video(seed: int, h: int, w: int, n_frames: int, n_objects: int = 3,
+              scene: SceneConfig = SceneConfig()):
     """-> frames (T, H, W, 3), annotated masks (ceil(T/4), N, H, W) on frames 0, 4, ..."""
-    frames, masks = render_video(seed, h, w, n_frames, n_objects)
+    frames, masks = render_video(seed, h, w, n_frames, n_objects, scene=scene)
     return frames, masks[::ANNOTATION_EVERY]
 
 
 def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w: int = 128,
                   n_frames: int = 40, n_objects: int = 3, seed: int = 0,
-                  folder: str = "sav_000", auto: bool = True) -> list[str]:
+                  folder: str = "sav_000", auto: bool = True,
+                  scene: SceneConfig = SceneConfig()) -> list[str]:
     """An SA-V train tar: `sav_train/<folder>/sav_XXXXXX.mp4` + `_manual.json` (+ `_auto.json`
     with one more object) per video. -> the video ids written."""
     rng = np.random.default_rng(seed)
@@ -304,11 +330,12 @@ def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w:
     with tarfile.open(tmp, "w") as tar:
         for vid_num in video_ids:
             vid = f"sav_{vid_num:06d}"
-            frames, masks = sav_video(seed * 7919 + vid_num, h, w, n_frames, n_objects)
+            frames, masks = sav_video(seed * 7919 + vid_num, h, w, n_frames, n_objects, scene)
             prefix = f"sav_train/{folder}/{vid}"
             _add(tar, f"{prefix}.mp4", encode_mp4(frames), time.time())
             if auto:
-                _, auto_masks = sav_video(seed * 7919 + vid_num + 1, h, w, n_frames, n_objects + 1)
+                _, auto_masks = sav_video(seed * 7919 + vid_num + 1, h, w, n_frames, n_objects + 1,
+                                          scene)
                 _add(tar, f"{prefix}_auto.json",
                      json.dumps(sav_json(vid, auto_masks, n_frames, "auto", rng)).encode(),
                      time.time())
@@ -322,12 +349,13 @@ def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w:
 # ---------------------------------------------------------------------------------- folders
 def write_sav_eval_folder(root: str | os.PathLike, videos: list[str], h: int = 96, w: int = 128,
                           n_frames: int = 17, n_objects: int = 2, seed: int = 0,
-                          split: str = "sav_val", png_mode: str = "L") -> None:
+                          split: str = "sav_val", png_mode: str = "L",
+                          scene: SceneConfig = SceneConfig()) -> None:
     """SA-V val / test layout: all 24 fps JPEGs, per-object PNGs every 4th frame, `<split>.txt`.
     png_mode "L" (0/255) or "P" (0/1 with a palette)."""
     root = os.fspath(root)
     for i, vid in enumerate(videos):
-        frames, masks = render_video(seed * 31 + i, h, w, n_frames, n_objects)
+        frames, masks = render_video(seed * 31 + i, h, w, n_frames, n_objects, scene=scene)
         fdir = os.path.join(root, "JPEGImages_24fps", vid)
         os.makedirs(fdir, exist_ok=True)
         for t, f in enumerate(frames):
@@ -367,12 +395,12 @@ def davis_palette() -> list[int]:
 
 def write_davis_folder(root: str | os.PathLike, videos: list[str], h: int = 96, w: int = 128,
                        n_frames: int = 10, n_objects: int = 2, seed: int = 0,
-                       resolution: str = "480p") -> None:
+                       resolution: str = "480p", scene: SceneConfig = SceneConfig()) -> None:
     """DAVIS-2017 layout: JPEGImages/<res>/<vid>/%05d.jpg, palette Annotations (ids 1..K,
     nearer objects win where they overlap), ImageSets/2017/train.txt."""
     root = os.fspath(root)
     for i, vid in enumerate(videos):
-        frames, masks = render_video(seed * 17 + i, h, w, n_frames, n_objects)
+        frames, masks = render_video(seed * 17 + i, h, w, n_frames, n_objects, scene=scene)
         fdir = os.path.join(root, "JPEGImages", resolution, vid)
         adir = os.path.join(root, "Annotations", resolution, vid)
         os.makedirs(fdir, exist_ok=True)

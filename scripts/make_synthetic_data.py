@@ -40,6 +40,12 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=40, help="24 fps frames per video")
     p.add_argument("--objects", type=int, default=3, help="annotated objects per video")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object_size", type=float, nargs=2, default=(0.08, 0.2), metavar=("LO", "HI"),
+                   help="object half-extent range, fraction of min(height, width)")
+    p.add_argument("--object_speed", type=float, nargs=2, default=(0.3, 1.5),
+                   metavar=("LO", "HI"), help="object travel over a video (bouncing off the "
+                   "borders), fraction of min(height, width)")
+    p.add_argument("--distractors", type=int, default=1, help="look-alike distractors per video")
     args = p.parse_args(argv)
     if args.height % 2 or args.width % 2:
         p.error("--height and --width must be even (H.264 yuv420p)")
@@ -48,6 +54,11 @@ def main(argv=None) -> int:
 
     from input_pipeline import synthetic
 
+    try:
+        scene = synthetic.SceneConfig(tuple(args.object_size), tuple(args.object_speed),
+                                      args.distractors)
+    except ValueError as e:
+        p.error(str(e))
     out = Path(args.out)
     jobs = []
     if "sa1b" in args.kinds:
@@ -62,17 +73,17 @@ def main(argv=None) -> int:
             ids = [1 + i * args.per_shard + k for k in range(args.per_shard)]
             jobs.append((f"sav/sav_{i:03d}.tar", lambda i=i, ids=ids: synthetic.write_sav_tar(
                 out / "sav" / f"sav_{i:03d}.tar", ids, args.height, args.width, args.frames,
-                args.objects, seed=args.seed + i, folder=f"sav_{i:03d}")))
+                args.objects, seed=args.seed + i, folder=f"sav_{i:03d}", scene=scene)))
     if "sav_val" in args.kinds:
         vids = [f"sav_{900000 + k:06d}" for k in range(args.per_shard)]
         jobs.append(("sav_val/", lambda: synthetic.write_sav_eval_folder(
             out / "sav_val", vids, args.height, args.width, args.frames, args.objects,
-            seed=args.seed)))
+            seed=args.seed, scene=scene)))
     if "davis" in args.kinds:
         vids = [f"video{k:02d}" for k in range(args.per_shard)]
         jobs.append(("davis/", lambda: synthetic.write_davis_folder(
             out / "davis", vids, args.height, args.width, args.frames, args.objects,
-            seed=args.seed)))
+            seed=args.seed, scene=scene)))
     for name, job in tqdm(jobs, desc="synthetic data", unit="part"):
         job()
         tqdm.write(f"wrote {os.path.join(args.out, name)}")
