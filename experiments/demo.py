@@ -9,7 +9,7 @@ attention, because in a trial it began to learn masks after ~350 steps while the
 at a higher lr had not by step 275: not a controlled comparison), 3-frame clips of up to 3
 objects, prompted on frame 0 with the ground-truth mask (the semi-supervised VOS task the demo
 evaluates), float32, no remat, convolutions as matmuls (`conv_impl`: XLA:CPU's conv weight
-gradients are slow), AdamW with cosine decay, 600 steps of 4 clips (about 0.5 s each on 2 idle
+gradients are slow), AdamW with cosine decay, 600 steps of 4 clips (about 0.6 s each on 2
 cores). Argument "micro": the same cut to one block per stage, 2-frame clips of 2 videos (the
 demo's smoke test: it compiles fastest).
 """

@@ -9,7 +9,7 @@
              the frame and come back, next to look-alike distractors
              (`scripts/make_synthetic_data.py`)
 2. prepare   the SA-V TFDS builder turns the tars into ArrayRecord (`scripts/prepare_data.py`)
-3. train     a small EfficientTAM (`experiments/demo.py`: the tiny variant, 128 px, 4-frame
+3. train     a small EfficientTAM (`experiments/demo.py`: the tiny variant, 128 px, 3-frame
              clips, first frame prompted with its mask) from scratch with the real trainer
              (`scripts/train.py`: Grain pipeline, jit train step, Orbax checkpoints; rerunning
              the demo resumes it)
