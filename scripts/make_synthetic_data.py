@@ -40,8 +40,10 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=40, help="24 fps frames per video")
     p.add_argument("--objects", type=int, default=3, help="annotated objects per video")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--object_size", type=float, nargs=2, default=(0.08, 0.2), metavar=("LO", "HI"),
-                   help="object half-extent range, fraction of min(height, width)")
+    # scene difficulty of the videos (sav, sav_val, davis); SA-1B images keep the defaults
+    p.add_argument("--object_size", type=float, nargs=2, default=(0.08, 0.2),
+                   metavar=("LO", "HI"),
+                   help="video object half-extent range, fraction of min(height, width)")
     p.add_argument("--object_speed", type=float, nargs=2, default=(0.3, 1.5),
                    metavar=("LO", "HI"), help="object travel over a video (bouncing off the "
                    "borders), fraction of min(height, width)")
