@@ -76,10 +76,10 @@ def _smooth_noise(rng, h, w, cells=6):
 
 
 def random_objects(rng: np.random.Generator, h: int, w: int, n_objects: int,
-                   n_distractors: int = 1, n_frames: int = 1, scene: SceneConfig = SceneConfig(),
+                   n_frames: int = 1, scene: SceneConfig = SceneConfig(),
                    ) -> tuple[list[ObjectSpec], list[ObjectSpec]]:
-    """Annotated objects and distractors (a distractor copies an annotated object's shape,
-    pattern and colours and moves elsewhere). `scene` sets the sizes and speeds."""
+    """Annotated objects and `scene.distractors` distractors (a distractor copies an annotated
+    object's shape, pattern and colours and moves elsewhere). `scene` sets sizes and speeds."""
     scale = min(h, w)
 
     def one(leaves=False):
@@ -98,7 +98,7 @@ def random_objects(rng: np.random.Generator, h: int, w: int, n_objects: int,
 
     objects = [one(leaves=(k == 1)) for k in range(n_objects)]
     distractors = []
-    for k in range(n_distractors):
+    for k in range(scene.distractors):
         d = one()
         if objects:
             src = objects[k % len(objects)]
@@ -152,18 +152,14 @@ def _texture(obj: ObjectSpec, lu, lv, rng_speckle):
 
 
 def render_video(seed: int, h: int, w: int, n_frames: int, n_objects: int = 3,
-                 n_distractors: int | None = None, scene: SceneConfig = SceneConfig(),
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 scene: SceneConfig = SceneConfig()) -> tuple[np.ndarray, np.ndarray]:
     """-> frames uint8 (T, H, W, 3), visible masks bool (T, N, H, W) of the annotated objects.
 
     Depth order is fixed per object, so nearer objects occlude farther ones; a mask is the
     object's visible part. Object 1 (when present) leaves the frame and re-enters it.
-    n_distractors: default `scene.distractors`.
     """
     rng = np.random.default_rng(seed)
-    if n_distractors is None:
-        n_distractors = scene.distractors
-    objects, distractors = random_objects(rng, h, w, n_objects, n_distractors, n_frames, scene)
+    objects, distractors = random_objects(rng, h, w, n_objects, n_frames, scene)
     background = _smooth_noise(rng, h, w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     everything = [(o, k) for k, o in enumerate(objects)] + [(d, -1) for d in distractors]
@@ -209,7 +205,7 @@ def sa1b_json(image_id: int, masks: np.ndarray, rng: np.random.Generator) -> dic
 def sa1b_image(seed: int, h: int, w: int, n_masks: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """One SA-1B-like image and its masks (N + 2, H, W): N object masks, then an empty mask
     (area 0, filtered by the loader) and one covering > 90 % of the image (filtered too)."""
-    frames, masks = render_video(seed, h, w, 1, n_objects=n_masks, n_distractors=1)
+    frames, masks = render_video(seed, h, w, 1, n_objects=n_masks)
     big = np.ones((h, w), bool)
     big[: max(1, h // 40)] = False  # 97.5 % of the image
     extra = np.stack([np.zeros((h, w), bool), big])

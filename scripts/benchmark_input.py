@@ -170,8 +170,9 @@ def write_sa1b_overlapping_tar(path, first_id: int, num_images: int, h: int, w: 
             image, _ = synthetic.sa1b_image(base, h, w, n_masks=8)
             masks = np.empty((n_masks + 2, h, w), bool)
             for k in range(n_masks):
-                masks[k] = synthetic.render_video(base * 1000 + k, h, w, 1, n_objects=1,
-                                                  n_distractors=0)[1][0, 0]
+                masks[k] = synthetic.render_video(
+                    base * 1000 + k, h, w, 1, n_objects=1,
+                    scene=synthetic.SceneConfig(distractors=0))[1][0, 0]
             masks[n_masks] = False  # area 0: dropped by the pipeline
             masks[n_masks + 1] = True
             masks[n_masks + 1, : max(1, h // 40)] = False  # 97.5 % of the image: dropped

@@ -66,9 +66,10 @@ def make_data(work: Path, args) -> tuple[Path, Path]:
     for (marker, argv), folder in zip(parts.items(), (train, held_out)):
         done = raw / marker  # holds the arguments it was written with
         if done.exists():
-            if done.read_text() != " ".join(argv):
-                raise SystemExit(f"{folder} was written with other data options "
-                                 f"({done.read_text()}): rerun with --fresh or another --workdir")
+            written = done.read_text()
+            if written != " ".join(argv):
+                raise SystemExit(f"{folder} was written with other data options ({written}): "
+                                 "rerun with --fresh or another --workdir")
             continue
         shutil.rmtree(folder, ignore_errors=True)
         if make_synthetic_data.main(["--out", str(raw), *argv]):

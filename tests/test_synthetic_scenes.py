@@ -13,7 +13,7 @@ def _mean_area(scene, seeds=range(6)):
 
 def test_defaults_are_the_scenes_the_tests_were_written_on():
     a = synthetic.render_video(7, 32, 48, 5, 2)
-    b = synthetic.render_video(7, 32, 48, 5, 2, n_distractors=1,
+    b = synthetic.render_video(7, 32, 48, 5, 2,
                                scene=synthetic.SceneConfig((0.08, 0.2), (0.3, 1.5), 1))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
@@ -24,7 +24,8 @@ def test_size_and_speed_follow_the_config():
     large = synthetic.SceneConfig(radius=(0.25, 0.25))
     assert _mean_area(large) > 3 * _mean_area(small)
     # no speed: every visible mask stays where it was (object 1 always leaves: use object 0)
-    _, m = synthetic.render_video(3, 64, 64, 8, 1, 0, synthetic.SceneConfig(speed=(0.0, 0.0)))
+    _, m = synthetic.render_video(3, 64, 64, 8, 1,
+                                  synthetic.SceneConfig(speed=(0.0, 0.0), distractors=0))
     assert m[0, 0].sum() > 0
     centres = [np.argwhere(m[t, 0]).mean(0) for t in range(8)]
     assert np.abs(np.diff(centres, axis=0)).max() < 2.0  # growth / spin only

@@ -85,21 +85,18 @@ def random_params(cfg: configs.EfficientTAMConfig, seed: int = 0) -> dict:
     return init_params(cfg, seed)
 
 
-MODEL_FILE = checkpointing.MODEL_FILE  # written by training.trainer.write_model_description
-
-
 def read_model_description(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """(variant, overrides) of a training workdir (or its checkpoints dir) from its
     model.json; CheckpointError naming the file when it is missing or malformed."""
     path = Path(path).absolute()
-    for candidate in (path / MODEL_FILE, path.parent / MODEL_FILE):
+    for candidate in (path / checkpointing.MODEL_FILE, path.parent / checkpointing.MODEL_FILE):
         if candidate.is_file():
             break
     else:
         raise checkpointing.CheckpointError(
-            f"{path}: no {MODEL_FILE} (written by training runs since it was added), so a "
-            "training checkpoint needs a variant (and overrides for a modified variant: the "
-            "training config's model section)")
+            f"{path}: no {checkpointing.MODEL_FILE} (written by training runs since it was "
+            "added), so a training checkpoint needs a variant (and overrides for a modified "
+            "variant: the training config's model section)")
     try:
         desc = json.loads(candidate.read_text())
         variant = str(desc["variant"])
