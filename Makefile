@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # pytest worker processes (pytest-xdist; whole files per worker). 2 fits 2 cores / 24 GiB.
 TEST_WORKERS ?= 2
 
-.PHONY: venv test demo lint format benchmark clean
+.PHONY: venv test demo sweep-demo lint format benchmark clean
 
 venv: $(STAMP)
 
@@ -26,14 +26,20 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $@
 
 test: venv
-	$(PY) -m ruff check tam_jax input_pipeline scripts tests
+	$(PY) -m ruff check tam_jax input_pipeline scripts tests experiments
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: venv
 	$(PY) scripts/demo.py
 
+# The memory-pooling ablation in miniature: 6 runs of the tiny model on synthetic videos, then
+# the results table and the J&F-vs-FLOPs / latency plots under artifacts/pooling_demo.
+sweep-demo: venv
+	$(PY) scripts/sweep.py run --config experiments/ablations/memory_pooling.py --local \
+		--root artifacts/pooling_demo --parallel 2
+
 lint: venv
-	$(PY) -m ruff check tam_jax input_pipeline scripts tests
+	$(PY) -m ruff check tam_jax input_pipeline scripts tests experiments
 	$(PY) -m ruff format --check tam_jax input_pipeline scripts tests
 
 format: venv

@@ -29,12 +29,9 @@ def get_config(arg: str = "s_1"):
 
 
 def sweep():
-    """Memory pooling ablation (paper Table 7): window 1 (full), 2, 4; constant on logits /
-    keys."""
-    out = []
-    for window in (1, 2, 4):
-        for constant in ("logits", "keys"):
-            out.append({"model.overrides": [
-                ("memory_attention.cross_attention.pool_window", window),
-                ("memory_attention.cross_attention.log_area_constant", constant)]})
-    return out
+    """Memory pooling at the paper's settings (Table 4): window 1 (full), 2, 4; constant on
+    logits / keys (window 1 pools nothing: one run). The full ablation grid:
+    experiments/ablations/memory_pooling.py."""
+    ca = "model.memory_attention.cross_attention."
+    settings = [(1, "logits")] + [(w, c) for w in (2, 4) for c in ("logits", "keys")]
+    return [{ca + "pool_window": w, ca + "log_area_constant": c} for w, c in settings]

@@ -7,6 +7,8 @@
 
 --config FILE[:ARG] calls FILE's get_config(ARG). --set KEY=VALUE overrides a dotted key of the
 config (VALUE is parsed as a Python literal when it is one, else taken as a string); repeat it.
+A model field goes through model.<field path>, e.g. --set model.num_maskmem=3 or
+--set model.memory_attention.cross_attention.pool_window=4 (added to model.overrides).
 Rerunning the same command resumes from the workdir's latest checkpoint (also after a SIGTERM,
 which saves and exits). Resume order: the workdir's checkpoint > config.resume (another run) >
 config.init_from (params only: an official .pt or a tam_jax model dir) > from scratch.
@@ -40,7 +42,10 @@ def load_config(spec: str):
 
 
 def apply_overrides(config, pairs: list[str]):
-    """Apply KEY=VALUE dotted overrides (list indices allowed: data.sources.0.data_dir)."""
+    """Apply KEY=VALUE dotted overrides (`experiments.common.set_value`: list indices as in
+    data.sources.0.data_dir; model.<model field path> goes to model.overrides)."""
+    from experiments.common import set_value
+
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
@@ -49,14 +54,10 @@ def apply_overrides(config, pairs: list[str]):
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        *parents, last = key.split(".")
-        node = config
-        for p in parents:
-            node = node[int(p)] if isinstance(node, list | tuple) else node[p]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        try:
+            set_value(config, key, value)
+        except KeyError as e:
+            raise SystemExit(f"--set {pair!r}: {e.args[0]}") from None
     return config
 
 

@@ -63,6 +63,28 @@ def test_tiny_variant_runs_in_float32_and_bfloat16():
     assert jax.tree.all(jax.tree.map(lambda p: p.dtype == jnp.float32, params))
 
 
+
+def test_other_patch_sizes_keep_memory_on_the_feature_grid():
+    """A patch size other than the released 16 (a config for small CPU models): the mask
+    downsampler's total stride follows it, so memory features land on the feature grid."""
+    from tam_jax.convert.key_table import num_mask_downsampler_stages
+    from tam_jax.models.memory_encoder import MemoryEncoder
+
+    cfg = get_config("tiny", **{"vit.patch_size": 8, "image_size": 64})
+    assert cfg.feat_size == 8 and num_mask_downsampler_stages(cfg) == 3
+    shapes = abstract_param_shapes(cfg)
+    assert shapes[("image_encoder", "trunk", "patch_embed", "proj", "kernel")][:2] == (8, 8)
+    feats = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, cfg.hidden_dim))
+    masks = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 64, 1))
+    enc = MemoryEncoder(cfg)
+    params = enc.init(jax.random.PRNGKey(0), feats, masks)
+    mem, pos = enc.apply(params, feats, masks)
+    assert mem.shape == pos.shape == (2, 8, 8, cfg.mem_dim)
+    assert np.isfinite(np.asarray(mem)).all()
+    with pytest.raises(ValueError, match=r"expected \(B, 8h, 8w, 1\)"):
+        enc.apply(params, feats, masks[:, :32, :32])
+
+
 @pytest.fixture(scope="module")
 def pair():
     cfg = dataclasses.replace(get_config("efficienttam_ti_512x512"), image_size=256)

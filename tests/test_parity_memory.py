@@ -277,6 +277,30 @@ def test_config_knobs_reach_the_cross_attention():
             assert np.abs(outs[a] - outs[b]).max() > 1e-4, (a, b)
 
 
+
+@pytest.mark.parametrize("constant", ["logits", "keys", "none"])
+@pytest.mark.parametrize("pool_pointers", [False, True])
+def test_window_1_is_the_unpooled_model_exactly(constant, pool_pointers):
+    """Pool window 1 pools nothing whatever the other knobs say: bit-identical to the
+    unpooled (official `RoPEAttention`) memory attention, with and without masked slots."""
+    cfg = get_config("tiny_full")
+    n = cfg.feat_size**2
+    curr = jax.random.normal(jax.random.PRNGKey(0), (2, n, cfg.hidden_dim))
+    mem = jax.random.normal(jax.random.PRNGKey(1), (2, 3 * n + 16, cfg.mem_dim))
+    valid = jnp.ones((2, 3 * n + 16), bool).at[1, n:2 * n].set(False).at[0, -4:].set(False)
+    ref_model = MemoryAttention(cfg)
+    params = ref_model.init(jax.random.PRNGKey(2), curr, curr, mem, mem, num_obj_ptr_tokens=16)
+    knobbed = get_config("tiny_full", **{
+        "memory_attention.cross_attention.log_area_constant": constant,
+        "memory_attention.cross_attention.pool_pointer_tokens": pool_pointers})
+    for key_valid in (None, valid):
+        want = ref_model.apply(params, curr, curr, mem, mem, num_obj_ptr_tokens=16,
+                               key_valid_bm=key_valid)
+        got = MemoryAttention(knobbed).apply(params, curr, curr, mem, mem,
+                                             num_obj_ptr_tokens=16, key_valid_bm=key_valid)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 # ---------------------------------------------------------------------------- memory encoder
 @pytest.mark.parametrize("skip_sigmoid", [True, False])
 def test_memory_encoder_matches_official(capsys, skip_sigmoid):

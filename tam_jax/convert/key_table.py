@@ -119,11 +119,13 @@ def key_table(cfg: EfficientTAMConfig) -> list[Row]:
 
 
 def num_mask_downsampler_stages(cfg: EfficientTAMConfig) -> int:
-    """Stages of the memory encoder's mask downsampler: total stride 16 in steps of `stride`."""
-    total, s = 16, cfg.memory_encoder.downsampler_stride
+    """Stages of the memory encoder's mask downsampler: from image to feature grid (total
+    stride = the ViT patch size, 16 in every released variant) in steps of `stride`."""
+    total, s = cfg.vit.patch_size, cfg.memory_encoder.downsampler_stride
     n = round(np.log(total) / np.log(s))
     if s**n != total:
-        raise ValueError(f"mask downsampler stride {s} does not reach total stride 16")
+        raise ValueError(f"mask downsampler stride {s} does not reach the total stride "
+                         f"{total} (the patch size) in whole steps")
     return n
 
 

@@ -63,8 +63,10 @@ def _fmt(v: float) -> str:
 
 
 def line_chart(series: Mapping[str, Series], path, title: str = "", xlabel: str = "",
-               ylabel: str = "", log_y: bool = False, size: tuple[int, int] = (720, 440)) -> Path:
-    """Draw the series (name -> (x, y)) into a PNG at `path`; returns the path."""
+               ylabel: str = "", log_y: bool = False, size: tuple[int, int] = (720, 440),
+               lines: bool = True) -> Path:
+    """Draw the series (name -> (x, y)) into a PNG at `path`; returns the path. With
+    `lines=False` a scatter plot (points only, drawn larger)."""
     data = {k: (np.asarray(x, np.float64), np.asarray(y, np.float64)) for k, (x, y) in
             series.items() if len(x)}
     if not data:
@@ -106,17 +108,20 @@ def line_chart(series: Mapping[str, Series], path, title: str = "", xlabel: str 
         d.line([(left, v), (w - right, v)], fill=(230, 230, 230))
         d.text((left - 6, v), _fmt(10**t if log_y else t), fill="black", font=font, anchor="rm")
     d.rectangle([left, top, w - right, h - bottom], outline="black")
+    legend_w = 35 + max(font.getlength(name) for name in data)  # line + gap + longest name
     for k, (name, (x, y)) in enumerate(data.items()):
         ok = np.isfinite(tf(y))
         pts = [px(a, b) for a, b in zip(x[ok], tf(y[ok]))]
         colour = object_colour(k)
-        if len(pts) > 1:
+        if lines and len(pts) > 1:
             d.line(pts, fill=colour, width=2)
-        for u, v in pts if len(pts) <= 40 else []:
-            d.ellipse([u - 2, v - 2, u + 2, v + 2], fill=colour)
+        r = 2 if lines else 4
+        for u, v in pts if (len(pts) <= 40 or not lines) else []:
+            d.ellipse([u - r, v - r, u + r, v + r], fill=colour)
         ly = top + 8 + 14 * k
-        d.line([(w - right - 150, ly), (w - right - 130, ly)], fill=colour, width=3)
-        d.text((w - right - 125, ly), name, fill="black", font=font, anchor="lm")
+        lx = w - right - legend_w
+        d.line([(lx, ly), (lx + 20, ly)], fill=colour, width=3)
+        d.text((lx + 25, ly), name, fill="black", font=font, anchor="lm")
     d.text((w / 2, 10), title, fill="black", font=font, anchor="ma")
     d.text((w / 2, h - 18), xlabel, fill="black", font=font, anchor="ma")
     d.text((8, top - 18), ylabel + (" (log)" if log_y else ""), fill="black", font=font)

@@ -25,6 +25,7 @@ attention runs. With a key mask that rule is decided per batch element from the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import flax.linen as nn
@@ -42,6 +43,23 @@ _MASKED = float(jnp.finfo(jnp.float32).min)
 # (N, M) logits of a chunk stay cache-sized instead of materialising N x M at once (4096 x
 # 28,700 floats = 470 MB per head for a full memory bank at 1024 px). Same result.
 QUERY_CHUNK = 256
+_query_chunk = QUERY_CHUNK  # what `attend` uses when called without `query_chunk`
+
+
+@contextlib.contextmanager
+def query_chunking(size: int | None):
+    """Trace `attend` calls inside with another query chunk (None: one chunk, no loop).
+
+    For cost analysis: XLA's `cost_analysis()` counts a loop body once, so the FLOPs of a
+    chunked attention come out divided by the number of chunks. Results are identical either
+    way; only the peak memory differs. Affects tracing, not already compiled functions.
+    """
+    global _query_chunk
+    saved, _query_chunk = _query_chunk, (size or 1 << 62)
+    try:
+        yield
+    finally:
+        _query_chunk = saved
 
 
 def attend(
@@ -52,7 +70,7 @@ def attend(
     key_valid_bm: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
-    query_chunk: int = QUERY_CHUNK,
+    query_chunk: int | None = None,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(D) + bias) v, with masked keys removed. -> (B, H, N, D).
 
@@ -61,6 +79,7 @@ def attend(
     probabilities, as `F.scaled_dot_product_attention(dropout_p=...)`) when `dropout_rng` is set.
     """
     n = q_bhnd.shape[2]
+    query_chunk = query_chunk or _query_chunk
     bias = None
     if logit_bias_bm is not None:
         bias = jnp.asarray(logit_bias_bm, jnp.float32)

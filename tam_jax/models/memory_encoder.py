@@ -23,8 +23,9 @@ _LN2D_EPS = 1e-6
 
 
 class MaskDownSampler(nn.Module):
-    """Mask (B, S, S, 1) -> (B, S/16, S/16, embed_dim). Submodules `encoder_{i}` follow the
-    official `nn.Sequential` indices (conv 3i, norm 3i+1, GELU 3i+2, final conv 3n)."""
+    """Mask (B, S, S, 1) -> (B, S/p, S/p, embed_dim), p = the ViT patch size (16 released).
+    Submodules `encoder_{i}` follow the official `nn.Sequential` indices (conv 3i, norm 3i+1,
+    GELU 3i+2, final conv 3n)."""
 
     cfg: EfficientTAMConfig
 
@@ -87,8 +88,9 @@ class Fuser(nn.Module):
 class MemoryEncoder(nn.Module):
     """Frame features + mask -> memory features and their sine PE.
 
-    pix_feat (B, h, w, 256) raw backbone features; mask (B, 16h, 16w, 1) logits (sigmoid
-    applied unless `skip_mask_sigmoid`, which the model uses after its own scaled sigmoid).
+    pix_feat (B, h, w, 256) raw backbone features; mask (B, ph, pw, 1) logits, p = the patch
+    size (sigmoid applied unless `skip_mask_sigmoid`, which the model uses after its own scaled
+    sigmoid).
     Returns (features (B, h, w, mem_dim), pos (B, h, w, mem_dim) float32).
     """
 
@@ -100,9 +102,10 @@ class MemoryEncoder(nn.Module):
         cfg = self.cfg
         dt = layers.compute_dtype(cfg.compute_dtype)
         b, h, w, _ = pix_feat_bhwc.shape
-        if mask_bhw1.shape[1:] != (16 * h, 16 * w, 1):
+        p = self.cfg.vit.patch_size  # the image / feature-grid ratio (16 when released)
+        if mask_bhw1.shape[1:] != (p * h, p * w, 1):
             raise ValueError(f"mask {mask_bhw1.shape} does not match features {pix_feat_bhwc.shape}"
-                             " (expected (B, 16h, 16w, 1))")
+                             f" (expected (B, {p}h, {p}w, 1))")
         masks = mask_bhw1.astype(jnp.float32)
         if not skip_mask_sigmoid:
             masks = jax.nn.sigmoid(masks)
