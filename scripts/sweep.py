@@ -146,27 +146,15 @@ def _write_json(path: Path, obj) -> None:
 # ---------------------------------------------------------------------------- local data
 
 def ensure_local_data(root: str) -> None:
-    """Synthetic SA-V train tars prepared to TFDS + held-out SA-V val videos under `root`
-    (skipped when present): 64 training videos and 4 held-out ones, 128 px, 24 frames."""
-    from scripts import make_synthetic_data, prepare_data
+    """The demo's synthetic data under `root` (`scripts/demo.py`: SA-V train tars prepared to
+    TFDS + held-out SA-V val videos; skipped when present), smaller: 64 training and 4
+    held-out videos of 24 frames at 128 px."""
+    from scripts import demo
 
-    root_p = Path(root)
-    raw = root_p / "raw"
-    common = ["--frames", "24", "--objects", "3", "--height", "128", "--width", "128",
-              "--object_size", "0.18", "0.3", "--object_speed", "0.3", "1.0"]
-    parts = {"train.done": ["--kinds", "sav", "--shards", "4", "--per_shard", "16",
-                            "--seed", "0", *common],
-             "held_out.done": ["--kinds", "sav_val", "--per_shard", "4", "--seed", "1",
-                               *common]}
-    for marker, argv in parts.items():
-        if not (raw / marker).exists():
-            if make_synthetic_data.main(["--out", str(raw), *argv]):
-                raise SystemExit(f"synthetic data failed under {raw}")
-            (raw / marker).write_text(" ".join(argv))
-    if not (root_p / "tfds" / "sav" / "1.0.0" / "prepare_report.json").exists():
-        if prepare_data.main(["sav", "--manual_dir", str(raw / "sav"), "--data_dir",
-                              str(root_p / "tfds")]):
-            raise SystemExit("prepare_data.py sav failed")
+    sizes = argparse.Namespace(frames=24, train_shards=4, eval_videos=4,
+                               object_size=(0.18, 0.3), object_speed=(0.3, 1.0))
+    train_raw, _ = demo.make_data(Path(root), sizes)
+    demo.prepare(Path(root), train_raw)
 
 
 # ---------------------------------------------------------------------------- one run
@@ -208,6 +196,12 @@ def run_one(spec: str, root: Path, name: str, local: bool, local_data: str,
 
     train(config, str(run_dir))
     train_s = time.time() - t0
+    from tam_jax import checkpointing
+
+    step = checkpointing.latest_checkpoint_step(checkpointing.find_checkpoints_dir(run_dir))
+    if step != int(config.train.num_steps):  # stopped early (SIGTERM): not a result yet
+        raise SystemExit(f"{name}: training stopped at step {step} of "
+                         f"{config.train.num_steps}; rerun to resume it")
 
     print(f"[2/3] evaluate on {config.eval.data_dir}", flush=True)
     from scripts import evaluate as evaluate_script
