@@ -113,7 +113,8 @@ def local(config: ml_collections.ConfigDict, data_root: str = LOCAL_DATA):
     - data: synthetic SA-V at `<data_root>/tfds` (every source), 3-frame clips of <= 2 objects,
       batch 2, no worker processes; evaluation on `<data_root>/raw/sav_val`, 4 videos;
     - recipe: the source optimiser (AdamW, its weight decay, layer decay, schedule shape) at
-      lr 1e-3 over 40 steps, GT-mask prompts only (one compile), one device (dp);
+      lr 1e-3 over 40 steps, GT-mask prompts only (one compile), data parallel over the
+      devices there are (one CPU device; sweep.py's local runs drop a fake device count);
     - init_from / resume cleared (they point at pod storage).
     """
     from tam_jax import configs as model_configs
