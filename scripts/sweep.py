@@ -159,16 +159,15 @@ def ensure_local_data(root: str) -> None:
 
 # ---------------------------------------------------------------------------- one run
 
-def _last_metrics(run_dir: Path) -> dict:
+def _last_train_loss(run_dir: Path) -> tuple[int | None, float | None]:
+    """(step, train/loss) of the last logged training step (metrics.jsonl)."""
+    from tam_jax.evaluation.plots import read_metrics
+
     path = run_dir / "metrics.jsonl"
-    last: dict = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "train/loss" in row:
-                    last = row
-    return last
+    if not path.exists():
+        return None, None
+    steps, losses = read_metrics(path, "train/loss")
+    return (int(steps[-1]), float(losses[-1])) if len(steps) else (None, None)
 
 
 def run_one(spec: str, root: Path, name: str, local: bool, local_data: str,
@@ -224,14 +223,14 @@ def run_one(spec: str, root: Path, name: str, local: bool, local_data: str,
                                              timing_repeats=timing_repeats)
     _write_json(run_dir / COST, cost)
 
-    last = _last_metrics(run_dir)
+    last_step, last_loss = _last_train_loss(run_dir)
     results = {
         "name": name,
         "overrides": overrides,
         "sets": list(sets),
         "config": spec + (" --local" if local else ""),
-        "steps": last.get("step"),
-        "final_train_loss": last.get("train/loss"),
+        "steps": last_step,
+        "final_train_loss": last_loss,
         "scores": summary.get("scores", {}),
         "eval_frames_per_s": summary.get("frames_per_s"),
         "memory_attention": cost,
@@ -251,7 +250,7 @@ COLUMNS = ("name", "J&F", "J", "F", "mIoU_1click", "mIoU_5click", "final_train_l
 
 
 def read_results(root: Path) -> list[dict]:
-    """Every <root>/*/results.json, flattened to COLUMNS-keyed rows (+ the overrides)."""
+    """Every <root>/*/results.json, flattened to COLUMNS-keyed rows (+ "_cost", for plots)."""
     rows = []
     for path in sorted(root.glob(f"*/{RESULTS}")):
         try:
@@ -262,14 +261,13 @@ def read_results(root: Path) -> list[dict]:
         scores = res.get("scores", {})
         for key in ("J&F", "J", "F"):
             row[key] = scores.get(key)
-        row["mIoU_1click"] = scores.get("mIoU@1") or scores.get("mIoU_1click")
-        row["mIoU_5click"] = scores.get("mIoU@5") or scores.get("mIoU_5click")
+        row["mIoU_1click"] = scores.get("mIoU@1")  # image folders (evaluation/image_eval.py)
+        row["mIoU_5click"] = scores.get("mIoU@5")
         for key in ("final_train_loss", "steps", "eval_frames_per_s"):
             row[key] = res.get(key)
         cost = res.get("memory_attention", {})
         for key in ("attended_keys", "xla_gflops", "analytic_gflops", "latency_ms"):
             row[key] = cost.get(key)
-        row["_overrides"] = res.get("overrides", {})
         row["_cost"] = cost
         rows.append(row)
     return rows
@@ -281,6 +279,12 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
     return str(v)
+
+
+def _markdown(columns, rows) -> list[str]:
+    """A Markdown table (header, rule, one line per row) of `columns` of `rows`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
 
 
 def _series_name(cost: Mapping[str, Any]) -> str:
@@ -307,8 +311,7 @@ def collect(root: Path, out: Path | None = None) -> dict[str, Path]:
         w.writerow(columns)
         for r in rows:
             w.writerow(["" if r.get(c) is None else r[c] for c in columns])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines = _markdown(columns, rows)
     paths["markdown"].write_text("\n".join(lines) + "\n")
     score = "J&F" if any(r.get("J&F") is not None for r in rows) else "mIoU_1click"
     for x_key, file, what, unit in (
@@ -456,8 +459,7 @@ def cmd_cost(args) -> int:
     for cfg in tqdm(models, desc="cost", unit="model"):
         rows.append(memory_cost.memory_attention_cost(cfg, timing_repeats=args.timing_repeats))
     columns = [c for c in COST_COLUMNS if any(c in r for r in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines = _markdown(columns, rows)
     print("\n".join(lines))
     if args.json:
         _write_json(Path(args.json), {"config": args.config, "local": args.local,
