@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # pytest worker processes (pytest-xdist; whole files per worker). 2 fits 2 cores / 24 GiB.
 TEST_WORKERS ?= 2
 
-.PHONY: venv test demo sweep-demo lint format benchmark clean
+.PHONY: venv libtpu test demo sweep-demo lint format benchmark clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,23 @@ $(STAMP): setup.cfg pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: venv
+# libtpu (the TPU compiler, ~700 MB) in its own folder, not in site-packages: with libtpu
+# importable, jax would look for a TPU on every start. tam_jax.aot finds it here and compiles
+# for real TPU topologies ahead of time (scripts/tpu_plan.py, the AOT tests). The version is the
+# one the installed jax pins for its [tpu] extra.
+LIBTPU_DIR := $(VENV)/libtpu_site
+LIBTPU_STAMP := $(LIBTPU_DIR)/.installed-$(shell sha1sum setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+
+libtpu: $(LIBTPU_STAMP)
+
+$(LIBTPU_STAMP): $(STAMP)
+	@spec=$$($(PY) -c "import importlib.metadata as m; print(next(r.split(';')[0].strip() \
+		for r in m.requires('jax') if r.startswith('libtpu')))") && \
+	echo "[setup] installing $$spec into $(LIBTPU_DIR) (ahead-of-time TPU compiles) ..." && \
+	rm -rf $(LIBTPU_DIR) && $(PIP) --no-deps --target $(LIBTPU_DIR) "$$spec"
+	@touch $@
+
+test: venv libtpu
 	$(PY) -m ruff check tam_jax input_pipeline scripts tests experiments
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 

@@ -11,11 +11,11 @@
     python scripts/benchmark.py train [same arguments]
 
 1. TPU, ahead of time (nothing runs on a TPU). With libtpu importable (`--libtpu-path`, default
-   /tmp/libtpu_site), `jax.experimental.topologies` gives the devices of a real topology
-   (`--topology`, default v5e:2x2 = 4 chips) and the real TPU compiler compiles the trainer's
-   jitted step (`training.train_step.make_train_step`, its shardings and donation) on abstract
-   arguments. A case = variant x ViT remat policy x per-frame remat, in the paper's setting
-   (bfloat16 compute, float32 params, AdamW, memory-attention dropout on), on a video batch
+   .venv/libtpu_site or /tmp/libtpu_site), `jax.experimental.topologies` gives the devices of a
+   real topology (`--topology`, default v5e:2x2 = 4 chips) and the real TPU compiler compiles
+   the trainer's jitted step (`training.train_step.make_train_step`, its shardings and donation)
+   on abstract arguments. A case = variant x ViT remat policy x per-frame remat, in the paper's
+   setting (bfloat16 compute, float32 params, AdamW, memory-attention dropout on), on a video batch
    (--frames, --objects, --batch-per-device clips per chip; `--plan click`: a click + 7
    corrections on frame 0, the other frames tracked from memory; `--plan mask`: frame 0's GT
    mask, no corrections: less HLO, a faster compile) and, per variant, an image batch
@@ -57,11 +57,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.machinery
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -69,6 +67,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tam_jax import aot  # noqa: E402 (jax-free at import)
+from tam_jax.aot import parse_hbm_error  # noqa: E402, F401 (part of this script's API)
 
 GIB = 2**30
 RESULT_MARK = "@@benchmark_train_case@@"
@@ -141,19 +142,24 @@ def batch_shapes(batch: int, frames: int, objects: int, size: int) -> dict:
 
 
 def libtpu_available(path: str | None, add: bool = False) -> bool:
-    """Whether libtpu imports from `path` or sys.path; with `add`, put `path` first on sys.path.
-    The parent only looks: with libtpu importable, jax would also try a TPU backend for the
-    CPU part; the children that compile for the topology add it."""
-    extra = [path] if path and Path(path).is_dir() else []
-    if add and extra and path not in sys.path:
-        sys.path.insert(0, path)
-    return importlib.machinery.PathFinder.find_spec("libtpu", extra + sys.path) is not None
+    """Whether libtpu imports from `path`, tam_jax.aot.LIBTPU_PATHS or sys.path; with `add`,
+    make it importable (`aot.load_libtpu`). The parent only looks: with libtpu importable, jax
+    would also try a TPU backend for the CPU part; the children that compile for the topology
+    add it."""
+    if not add:
+        return aot.libtpu_path(path) is not None
+    try:
+        aot.load_libtpu(path)
+        return True
+    except RuntimeError:
+        return False
 
 
 def libtpu_version(path: str | None) -> str | None:
     from importlib import metadata
 
-    for dist in metadata.distributions(path=([path] if path else []) + sys.path):
+    found = aot.libtpu_path(path)
+    for dist in metadata.distributions(path=([found] if found else []) + sys.path):
         if dist.metadata["Name"] == "libtpu":
             return dist.version
     return None
@@ -228,36 +234,6 @@ def _abstract_step(case: dict, devices):
     return jitted, sharded, mesh.size
 
 
-def _memory(compiled, hbm_gib: float) -> dict:
-    m = compiled.memory_analysis()
-    out = {k: getattr(m, f"{k}_size_in_bytes") for k in
-           ("argument", "output", "alias", "temp", "generated_code")}
-    out["total"] = (out["argument"] + out["output"] - out["alias"] + out["temp"]
-                    + out["generated_code"])
-    out["fits"] = out["total"] <= hbm_gib * GIB
-    return out
-
-
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_SIZE = r"([\d.]+)([KMGT]?)"
-# The TPU compiler's out-of-memory messages: what each one measures, and its pattern.
-_OOM_MESSAGES = (
-    ("total", rf"Used {_SIZE} of {_SIZE} hbm"),  # everything the program needs
-    ("temp", rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)"),
-)
-
-
-def parse_hbm_error(message: str) -> dict | None:
-    """Bytes from the TPU compiler's out-of-memory message: {"total" or "temp": needed,
-    "capacity": HBM the compiler may use, "fits": False}; None for any other error."""
-    for what, pattern in _OOM_MESSAGES:
-        m = re.search(pattern, message)
-        if m:
-            need, cap = (float(m.group(i)) * _UNITS[m.group(i + 1)] for i in (1, 3))
-            return {what: need, "capacity": cap, "fits": False}
-    return None
-
-
 def run_tpu_case(case: dict) -> dict:
     """Compile one case for the TPU topology; memory, FLOPs, timings (child process)."""
     import jax
@@ -287,7 +263,7 @@ def run_tpu_case(case: dict) -> dict:
         res["memory"] = parse_hbm_error(str(e))
         return res
     res["compile_s"] = time.perf_counter() - t0
-    res["memory"] = _memory(compiled, case["hbm_gib"])
+    res["memory"] = aot.memory_report(compiled, case["hbm_gib"])
     res["xla_flops_per_chip"] = _xla_flops(compiled)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -617,8 +593,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      help="chip peak for the ideal step time (v5e bf16: 197)")
     tpu.add_argument("--case-timeout", type=float, default=1500.0,
                      help="seconds per case (trace + lower + compile) before it is killed")
-    tpu.add_argument("--libtpu-path", default="/tmp/libtpu_site",
-                     help="a pip --target folder holding libtpu (prepended to sys.path)")
+    tpu.add_argument("--libtpu-path", default=None,
+                     help="a pip --target folder holding libtpu (prepended to sys.path); "
+                          "default: .venv/libtpu_site (`make libtpu`), /tmp/libtpu_site")
     cpu = p.add_argument_group("CPU (measured)")
     cpu.add_argument("--cpu-variant", default="tiny")
     cpu.add_argument("--cpu-resolution", type=int, default=128)

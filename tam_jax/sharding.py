@@ -78,6 +78,12 @@ class MeshConfig:
         return data, self.fsdp
 
 
+def num_slices(devices: Sequence[Any]) -> int:
+    """How many TPU slices (ICI domains joined over the data-centre network) `devices` span;
+    1 for devices without a `slice_index` (CPU, GPU, a single slice)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
 def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     """A ("data", "fsdp") mesh over `devices` (default: all of `jax.devices()`).
 
@@ -85,14 +91,28 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mes
     also the case for the devices of `jax.experimental.topologies.get_topology_desc(...)`, so
     ahead-of-time compilation for a pod works from a CPU host. The axes are `Auto`: GSPMD
     propagates shardings from the rules tables, whereas `Explicit` (the `jax.make_mesh`
-    default) would require sharding-typed code. Multi-slice device sets are refused by
-    `jax.make_mesh`; they would need `mesh_utils.create_hybrid_device_mesh`, with "data" across
-    slices.
+    default) would require sharding-typed code.
+
+    Multi-slice (devices with several `slice_index` values, e.g. 2 x v5e-256 over DCN): the
+    mesh comes from `mesh_utils.create_hybrid_device_mesh`, with "data" split across slices
+    (only gradients' all-reduce crosses DCN) and "fsdp" kept inside a slice, where its
+    all-gathers ride ICI. `fsdp` must then divide a slice's device count.
     """
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_cfg.shape(len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    data, fsdp = mesh_cfg.shape(len(devices))
+    slices = num_slices(devices)
+    if slices == 1:
+        return jax.make_mesh((data, fsdp), MESH_AXES,
+                             axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    from jax.experimental import mesh_utils
+
+    per_slice = len(devices) // slices
+    if per_slice % fsdp or data % slices:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} over {slices} slices of {per_slice} "
+                         "devices: fsdp must divide a slice's devices (it stays on ICI) and "
+                         "data must be a multiple of the slice count")
+    grid = mesh_utils.create_hybrid_device_mesh((per_slice // fsdp, fsdp), (slices, 1), devices)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 # ---------------------------------------------------------------------------------------------

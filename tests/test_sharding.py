@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from tam_jax import configs, sharding
+from tam_jax import aot, configs, sharding
 from tam_jax.models import tam
 
 DF = ("data", "fsdp")
@@ -361,11 +361,10 @@ def test_global_batch():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(aot.libtpu_path() is None, reason="libtpu not installed (`make libtpu`)")
 def test_tpu_topology_mesh_and_aot_compile():
-    pytest.importorskip("libtpu")
-    from jax.experimental import topologies
-
-    devices = topologies.get_topology_desc("v5e:4x4", "tpu").devices
+    aot.load_libtpu()
+    devices = aot.topology_devices("v5e:4x4")
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=4), devices)
     assert tuple(mesh.shape.values()) == (4, 4)
     abstract, logical = _model("efficienttam_s")

@@ -110,11 +110,17 @@ def attend(
         return one_chunk(q_bhnd, dropout_rng)
     b, h, _, d = q_bhnd.shape
     chunks = q_bhnd.reshape(b, h, n // query_chunk, query_chunk, d).transpose(2, 0, 1, 3, 4)
+    # Without the checkpoint, the backward of `lax.map` keeps every chunk's residuals (its
+    # float32 probabilities, dropout mask, ...) stacked: 3.8x the unchunked (N, M) logits, so
+    # chunking would save nothing in training. Rematerialised, a chunk's backward recomputes
+    # its logits from q, k, v: the peak is one chunk's (chunk, M), for one more q k^T product.
+    # Inference (no gradient) is unaffected.
+    body = jax.checkpoint(one_chunk, prevent_cse=False)
     if use_dropout:  # one dropout key per query chunk
         rngs = jax.random.split(dropout_rng, n // query_chunk)
-        out = jax.lax.map(lambda a: one_chunk(*a), (chunks, rngs))  # (C, B, H, chunk, D)
+        out = jax.lax.map(lambda a: body(*a), (chunks, rngs))  # (C, B, H, chunk, D)
     else:
-        out = jax.lax.map(lambda c: one_chunk(c, None), chunks)
+        out = jax.lax.map(lambda c: body(c, None), chunks)
     return out.transpose(1, 2, 0, 3, 4).reshape(b, h, n, v_bhmd.shape[-1])
 
 

@@ -10,7 +10,6 @@ flags. Every host runs this same function (multi-host: `config.multihost` calls
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -21,12 +20,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from tam_jax import checkpointing, configs, sharding
-from tam_jax.models.tam import init_params, logical_axes
-from tam_jax.training import losses, optimizer, prompts
-from tam_jax.training.train_step import StepConfig, TrainState, create_train_state, make_train_step
+from tam_jax import checkpointing, sharding
+from tam_jax.training import losses, optimizer, prompts, step_setup
+from tam_jax.training.train_step import TrainState
 
 log = logging.getLogger("tam_jax.train")
 
@@ -35,15 +32,10 @@ class TrainingDiverged(RuntimeError):
     """A step produced a non-finite loss or gradient (its update was dropped)."""
 
 
-def _dataclass_from(cls, section) -> object:
-    """A frozen config dataclass from a ConfigDict section (unknown keys are an error)."""
-    values = dict(section) if section is not None else {}
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - fields
-    if unknown:
-        raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}; known: {sorted(fields)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**values)
+# The config -> step helpers live in step_setup (shared with the TPU planner); these names stay
+# importable from here.
+_dataclass_from = step_setup.dataclass_from
+model_config = step_setup.model_config
 
 
 def write_model_description(config, workdir: Path) -> Path:
@@ -57,17 +49,6 @@ def write_model_description(config, workdir: Path) -> Path:
     tmp.write_text(json.dumps(desc, indent=1) + "\n")
     os.replace(tmp, path)  # atomic: never a half-written description
     return path
-
-
-def model_config(config) -> configs.EfficientTAMConfig:
-    """The training-mode model config: variant + overrides ((dotted key, value) pairs) +
-    compute dtype and remat."""
-    overrides = {k: tuple(v) if isinstance(v, list) else v
-                 for k, v in (config.model.get("overrides") or [])}
-    overrides.setdefault("compute_dtype", config.model.get("compute_dtype", "float32"))
-    overrides.setdefault("vit.remat", config.model.get("remat", "none"))
-    cfg = configs.override(configs.get_config(config.model.variant), overrides).validate()
-    return configs.for_training(cfg)
 
 
 def _concat_batches(batches: tuple[dict, ...]) -> dict:
@@ -186,7 +167,6 @@ def train(config, workdir: str | Path,
     if config.get("multihost", False):
         initialize_distributed(config.get("distributed"))
     mesh = sharding.make_mesh(sharding.MeshConfig(**dict(config.mesh)))
-    rep = NamedSharding(mesh, PartitionSpec())
     is_main = jax.process_index() == 0
     print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
           f"{jax.process_count()} process(es)", flush=True)
@@ -195,33 +175,13 @@ def train(config, workdir: str | Path,
     model_cfg = model_config(config)
     data_it = iter(build_data(config, model_cfg))
 
-    # ---------------------------------------------------------------- model and optimiser
-    opt_cfg = _dataclass_from(optimizer.OptimizerConfig, config.optimizer)
-    seed = int(tc.seed)
-    abstract_params = jax.eval_shape(lambda: init_params(model_cfg, seed))
-    opt = optimizer.make_optimizer(opt_cfg, abstract_params, model_cfg)
+    # ---------------------------------------------------------------- model, optimiser, sharding
+    setup = step_setup.build(config, mesh)
+    step_cfg, abstract_state, state_sh = setup.step, setup.abstract_state, setup.state_shardings
+    seed, preset, logical = setup.seed, setup.preset, setup.logical
     if is_main:
-        print(optimizer.describe(abstract_params, model_cfg, opt_cfg), flush=True)
-    step_cfg = StepConfig(
-        model=model_cfg, optimizer=opt_cfg,
-        prompts=_dataclass_from(prompts.PromptConfig, config.get("prompts")),
-        losses=_dataclass_from(losses.LossConfig, config.get("losses")),
-        cond_capacity=int(tc.get("cond_capacity", 2)),
-        remat_frames=bool(tc.get("remat_frames", False)), dropout=bool(tc.get("dropout", True)))
-
-    # ---------------------------------------------------------------- sharding
-    def fresh_state():
-        return create_train_state(init_params(model_cfg, seed), opt, seed)
-
-    abstract_state = jax.eval_shape(fresh_state)
-    logical = logical_axes(model_cfg)
-    preset = config.get("sharding_preset", "dp")
-    state_sh = TrainState(
-        step=rep, rng=rep,
-        params=sharding.param_shardings(abstract_state.params, logical, mesh, preset),
-        opt_state=sharding.state_shardings(abstract_state.opt_state, abstract_state.params,
-                                           logical, mesh, preset))
-    if is_main:
+        print(optimizer.describe(abstract_state.params, model_cfg, step_cfg.optimizer),
+              flush=True)
         print(sharding.describe_shardings(abstract_state.params, logical, mesh,
                                           abstract_state.opt_state, presets=(preset,)),
               flush=True)
@@ -240,7 +200,7 @@ def train(config, workdir: str | Path,
             data_iterator=data_it)
         print(f"restored step {int(state.step)} from {start.path} ({start.kind})", flush=True)
     else:
-        state = jax.jit(fresh_state, out_shardings=state_sh)()
+        state = setup.create_state()
         if start.kind == "init_from":
             loaded = checkpointing.load_init_params(start.path, model_cfg)
             state = state.replace(params=jax.device_put(
@@ -248,7 +208,6 @@ def train(config, workdir: str | Path,
             print(f"initialised params from {start.path}", flush=True)
 
     # ---------------------------------------------------------------- step
-    batch_sh = sharding.batch_sharding(mesh)
     compiled_steps: dict[tuple, tuple[Callable, float]] = {}
 
     def run_step(kind, state, batch, order, corrected):
@@ -256,10 +215,7 @@ def train(config, workdir: str | Path,
         first use so that its memory and FLOPs are reported before it runs."""
         shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
         if (kind, shapes) not in compiled_steps:
-            fn = jax.jit(make_train_step(step_cfg, opt, kind),
-                         in_shardings=(state_sh, batch_sh, rep, rep),
-                         out_shardings=(state_sh, rep), donate_argnums=0)
-            compiled = fn.lower(state, batch, order, corrected).compile()
+            compiled = setup.jit(kind).lower(state, batch, order, corrected).compile()
             report = {k: s for k, s, _ in shapes}
             compiled_steps[(kind, shapes)] = (compiled, _report_compiled(compiled, kind, report))
             # compile times differ between hosts (a persistent-cache hit on one): meet before
