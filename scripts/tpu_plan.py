@@ -243,12 +243,31 @@ def markdown(out: dict, command: str) -> str:
         c = tpu_planner.Candidate(**rec)
         sets = " ".join(f"--set {k}={v}" for k, v in c.overrides().items())
         lines.append(f"Recommended: {c.label}: `{sets}`")
+        lines += input_lines(out, rec)
     else:
         lines.append("Recommended: none of the settings tried fits.")
     t = out.get("track")
     if t:
         lines += ["", track_line(t)]
     return "\n".join(lines) + "\n"
+
+
+def input_lines(out: dict, rec: dict) -> list[str]:
+    """Per-host input-pipeline need of the recommended setting, against the host's vCPUs."""
+    lines = []
+    for row in out["rows"]:
+        d = row["result"].get("derived") or {}
+        if row["candidate"] != rec or not d.get("items_per_s_per_chip"):
+            continue
+        src = tpu_planner.Source(**row["source"])
+        need = tpu_planner.host_input_need(src, d["items_per_s_per_chip"], out["chips_per_host"])
+        unit = "images" if src.image else "clips"
+        lines.append(f"- input, all-{src.name} steps at the bound: {need['items_per_s']:.1f} "
+                     f"{unit}/s per host = {need['cores']:.1f} cores at the measured per-core "
+                     f"rate at 1024 px (docs/benchmarks.md), of the host's "
+                     f"{out['chip']['host_cpus']} "
+                     "vCPUs")
+    return lines
 
 
 def track_line(t: dict) -> str:

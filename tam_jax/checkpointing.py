@@ -409,6 +409,18 @@ class StartPoint:
     step: int
 
 
+def require_local(path: str | os.PathLike | None, what: str) -> None:
+    """Refuse an object-store URL (gs://, s3://, ...) where the trainer writes or reads with
+    local file APIs: `pathlib` would silently turn "gs://b/run" into a local "gs:/b/run".
+    On a TPU VM, mount the bucket with gcsfuse and pass the mount path (docs/tpu.md)."""
+    if path is not None and "://" in str(path):
+        raise ValueError(
+            f"{what} {str(path)!r}: object-store URLs are not supported for {what} (it is "
+            "written with local file APIs); mount the bucket with gcsfuse (e.g. `gcsfuse "
+            "--implicit-dirs BUCKET /mnt/BUCKET`, or scripts/tpu/launch.py install --mount) and "
+            "pass the mounted path. data_dir may be gs:// (TFDS / ArrayRecord read it).")
+
+
 def resolve_start(workdir: str | os.PathLike, resume: str | os.PathLike | None = None,
                   init_from: str | os.PathLike | None = None) -> StartPoint:
     """This workdir's latest checkpoint > `resume` > `init_from` > scratch.
@@ -417,6 +429,8 @@ def resolve_start(workdir: str | os.PathLike, resume: str | os.PathLike | None =
     continues from its own progress when it is restarted with the same command. A `resume` or
     `init_from` that names nothing usable is an error, not a silent fall-through to scratch.
     """
+    for value, what in ((workdir, "workdir"), (resume, "resume"), (init_from, "init_from")):
+        require_local(value, what)
     own = Path(workdir).absolute() / CHECKPOINTS_DIR
     step = latest_checkpoint_step(own)
     if step is not None:

@@ -209,6 +209,22 @@ def compile_track_case(config, device, num_objects: int, cond_capacity: int = 1)
     return res
 
 
+# Input pipeline cost per CPU core, measured (docs/benchmarks.md, "Input pipeline"): SA-V 33.9
+# frames/s (8-frame clips at 1024, SAM 2's augmentations), SA-1B 1.73 images/s as distributed
+# (1500x2250, 64 masks; 6.34 when prepared with --max_side 1024). DAVIS-style folders are
+# decoded like SA-V frames.
+PIPELINE_FRAMES_PER_CORE_S = {"sav": 33.9, "davis": 33.9, "sa1b": 1.73}
+
+
+def host_input_need(source: Source, items_per_s_per_chip: float, chips_per_host: int) -> dict:
+    """What one host's input pipeline must deliver to keep its chips at the bound step time
+    when every step draws from `source`: items/s and CPU cores at the measured per-core rate."""
+    items = items_per_s_per_chip * chips_per_host
+    rate = PIPELINE_FRAMES_PER_CORE_S.get(source.name)
+    cores = items * source.frames / rate if rate else float("nan")
+    return {"items_per_s": items, "cores": cores}
+
+
 def fits(res: dict) -> bool | None:
     """True / False from a case's memory figures; None when unknown (no compile finished)."""
     mem = res.get("memory") or {}
@@ -236,8 +252,11 @@ def derive(res: dict, per_chip: int) -> dict:
     out["tflop_per_chip"] = per_chip_flops / 1e12
     out["ideal_s"] = per_chip_flops / peak
     optimal = (res.get("cost") or {}).get("optimal_seconds", float("nan"))
-    out["optimal_s"] = optimal
-    bound = max(out["ideal_s"], optimal) if math.isfinite(optimal) else out["ideal_s"]
+    # the cost model can return nonsense for large scanned programs (-508 s was seen for S at
+    # 1024 on v5e): only a positive figure is used
+    out["optimal_s"] = optimal if math.isfinite(optimal) and optimal > 0 else float("nan")
+    bound = max(out["ideal_s"], out["optimal_s"]) if math.isfinite(out["optimal_s"]) \
+        else out["ideal_s"]
     out["bound_s"] = bound
     out["items_per_s_per_chip"] = per_chip / bound if bound > 0 else float("nan")
     out["mfu_bound"] = per_chip_flops / (bound * peak) if bound > 0 else float("nan")

@@ -219,6 +219,13 @@ def test_resolve_start_order(tmp_path):
         ckpt.resolve_start(work, init_from=tmp_path)
     with pytest.raises(ckpt.CheckpointError, match="no finished training checkpoint"):
         ckpt.resolve_start(work, resume=model_dir)
+    # object-store URLs are refused by name (pathlib would make "gs:/b/run" a local folder)
+    for kw in ({"workdir": "gs://bucket/run"}, {"workdir": work, "resume": "gs://b/other"},
+               {"workdir": work, "init_from": "s3://b/model.pt"}):
+        what = next(k for k, v in kw.items() if "://" in str(v))
+        with pytest.raises(ValueError, match=f"{what} .*gcsfuse"):
+            ckpt.resolve_start(**kw)
+    assert not (tmp_path / "gs:").exists()
 
     _run_with_checkpoint(other, 5, 5.0)
     for resume in (other, other / "checkpoints"):  # a workdir or its checkpoints directory

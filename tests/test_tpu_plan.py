@@ -64,14 +64,16 @@ def test_sources_of_the_stage_configs():
 
 def test_with_candidate_sets_what_the_trainer_reads():
     config = load_config(str(ROOT / "experiments/stage2_video.py") + ":s")
-    config.model.overrides = [("vit.remat", "none"), ("num_maskmem", 3)]
-    cand = tpu_planner.Candidate("full", True, "zero1", 1)
+    config.model.overrides = [("vit.remat", "full"), ("num_maskmem", 3)]
+    before = tpu_planner.config_candidate(config)
+    cand = tpu_planner.Candidate("dots", False, "zero1", 1)
+    assert cand != before
     cfg = tpu_planner.with_candidate(config, cand)
     assert tpu_planner.config_candidate(cfg) == cand
     model = step_setup.model_config(cfg)
-    assert model.vit.remat == "full" and model.num_maskmem == 3
-    assert step_setup.step_config(cfg, model).remat_frames
-    assert config.model.remat == "dots"  # the original is untouched
+    assert model.vit.remat == "dots" and model.num_maskmem == 3  # the override gave way
+    assert not step_setup.step_config(cfg, model).remat_frames
+    assert tpu_planner.config_candidate(config) == before  # the original is untouched
 
 
 def test_plan_kinds_cover_what_sample_plan_draws():
@@ -99,6 +101,9 @@ def test_derive_bounds_and_mfu():
     res["cost"]["optimal_seconds"] = 1.0  # the compiler's estimate is the larger: it bounds
     d = tpu_planner.derive(res, per_chip=2)
     assert d["bound_s"] == 1.0 and d["mfu_bound"] == pytest.approx(0.5)
+    res["cost"]["optimal_seconds"] = -508.5  # seen from the cost model: not a time
+    d = tpu_planner.derive(res, per_chip=2)
+    assert d["bound_s"] == pytest.approx(0.5) and d["optimal_s"] != d["optimal_s"]  # NaN
     assert tpu_planner.derive({"error": "x"}, 1) == {}
 
 

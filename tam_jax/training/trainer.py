@@ -159,6 +159,7 @@ def initialize_distributed(settings=None) -> None:
 def train(config, workdir: str | Path,
           eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None) -> dict:
     """Run (or resume) training; returns the last logged metrics (host floats)."""
+    checkpointing.require_local(workdir, "workdir")  # before anything is created
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tc = config.train
