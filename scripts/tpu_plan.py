@@ -135,6 +135,12 @@ def plan(args, config, save) -> dict:
     chips = topology_chips(args.topology) * args.slices
     chips_per_host = min(chip.chips_per_host, chips)
     sources = tpu_planner.sources(config, chips_per_host, args.per_chip_batch)
+    if args.sources:
+        unknown = set(args.sources) - {s.name for s in sources}
+        if unknown:
+            raise SystemExit(f"--sources {sorted(unknown)}: the config's sources are "
+                             f"{[s.name for s in sources]}")
+        sources = [s for s in sources if s.name in args.sources]
     fsdp = args.fsdp or min(16, topology_chips(args.topology))
     search = tpu_planner.candidates(args.remats, tuple(f == "on" for f in args.remat_frames),
                                     args.presets, fsdp)
@@ -180,7 +186,7 @@ def plan(args, config, save) -> dict:
                 break
         if done[cand] and tpu_planner.hopeless_for_presets(done[cand][-1]):
             skip_remat.add(key)
-    if own not in done:
+    if own not in done and not args.no_config:
         evaluate(own, "config")
     if not args.no_track:
         clips = [s.objects for s in sources if not s.image]
@@ -233,7 +239,9 @@ def markdown(out: dict, command: str) -> str:
     lines = [f"`{command}`", "",
              f"{out['chips']} x {out['chip']['name']} chips ({out['chip']['hbm_gib']:.0f} GiB "
              f"HBM, {out['chip']['peak_bf16_tflops']:.0f} TFLOP/s bf16 each), "
-             f"{out['chips_per_host']} per host.", ""]
+             f"{out['chips_per_host']} per host. Batch shapes compiled: "
+             + ", ".join(f"{x['name']} ({x['frames']} frame(s) x {x['objects']} objects, "
+                         f"{x['per_chip']} per chip)" for x in out["sources"]) + ".", ""]
     lines.append("| " + " | ".join(rows[0]) + " |")
     lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(rows[0]))) + "|")
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -320,6 +328,11 @@ def parse_args(argv):
     p.add_argument("--all_kinds", action="store_true",
                    help="compile every prompt-plan kind (default: the costliest)")
     p.add_argument("--no_track", action="store_true", help="skip the inference track step")
+    p.add_argument("--no_config", action="store_true",
+                   help="do not also compile the config's own setting when the search skips it")
+    p.add_argument("--sources", nargs="+", default=None, metavar="NAME",
+                   help="compile only these data sources of the config (e.g. sav); a "
+                        "recommendation then covers only them")
     p.add_argument("--track_objects", type=int, default=0,
                    help="objects of the track step (0: the clips' max_objects)")
     p.add_argument("--case_timeout", type=float, default=1800.0,

@@ -140,6 +140,7 @@ def test_markdown_and_table_from_results():
     refused = {"memory": {"temp": 22 * 2**30, "capacity": 15.75 * 2**30, "fits": False},
                "derived": {}}
     out = {"chip": dataclasses.asdict(aot.CHIPS["v5e"]), "chips": 256, "chips_per_host": 8,
+           "sources": [src],
            "config_setting": dataclasses.asdict(cand), "recommended": dataclasses.asdict(cand),
            "rows": [{"candidate": dataclasses.asdict(tpu_planner.Candidate("none", False, "dp",
                                                                            1)),
@@ -151,6 +152,7 @@ def test_markdown_and_table_from_results():
     assert "| **remat full/on, fsdpx16 (config)** | sav | 1 | 1.00 | 10.00 | 11.00 | 16 | yes" \
         in text
     assert "--set train.remat_frames=True" in text and "--set mesh.fsdp=16" in text
+    assert "sav (8 frame(s) x 3 objects, 1 per chip)" in text
 
 
 def test_libtpu_missing_is_a_clear_error(tmp_path, monkeypatch):
@@ -230,3 +232,11 @@ def test_planner_compiles_train_and_track_step_for_v5e(tmp_path):
     assert out["recommended"]["preset"] == "fsdp"
     text = out_md.read_text()
     assert "Recommended: remat none/off, fsdpx2" in text and "Inference track step" in text
+
+
+def test_unknown_source_is_refused_before_any_compile():
+    args = tpu_plan.parse_args(["--config", str(ROOT / "experiments/stage2_video.py") + ":s",
+                                "--sources", "sav", "nope"])
+    config = load_config(args.config)
+    with pytest.raises(SystemExit, match=r"\['nope'\].*\['sav', 'sa1b'\]"):
+        tpu_plan.plan(args, config, save=lambda out: None)
