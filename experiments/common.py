@@ -4,7 +4,7 @@ Every config file in this folder defines `get_config(arg) -> ml_collections.Conf
 `sweep() -> list[dict]` (dotted overrides, applied by `apply`); scripts/train.py runs one,
 scripts/sweep.py runs a sweep:
 
-    python scripts/train.py --config experiments/stage2_video.py:s --workdir gs://.../run
+    python scripts/train.py --config experiments/stage2_video.py:s --workdir /mnt/ckpt/run
     python scripts/sweep.py run --config experiments/ablations/memory_pooling.py --root DIR
 
 Dotted keys: `optimizer.lr`, `data.sources.0.data_dir` (list index), and `model.<field path of
