@@ -111,8 +111,8 @@ def attend(
     b, h, _, d = q_bhnd.shape
     chunks = q_bhnd.reshape(b, h, n // query_chunk, query_chunk, d).transpose(2, 0, 1, 3, 4)
     # Without the checkpoint, the backward of `lax.map` keeps every chunk's residuals (its
-    # float32 probabilities, dropout mask, ...) stacked: 3.8x the unchunked (N, M) logits, so
-    # chunking would save nothing in training. Rematerialised, a chunk's backward recomputes
+    # float32 probabilities, dropout mask, ...) stacked: 3.8x one float32 (N, M) matrix, half
+    # of what the unchunked gradient needs. Rematerialised, a chunk's backward recomputes
     # its logits from q, k, v: the peak is one chunk's (chunk, M), for one more q k^T product.
     # Inference (no gradient) is unaffected.
     body = jax.checkpoint(one_chunk, prevent_cse=False)
