@@ -56,12 +56,12 @@ cuts every model to one block per stage (tests only: compile time grows with the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,7 +69,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tam_jax import aot  # noqa: E402 (jax-free at import)
-from tam_jax.aot import parse_hbm_error  # noqa: E402, F401 (part of this script's API)
 
 GIB = 2**30
 RESULT_MARK = "@@benchmark_train_case@@"
@@ -141,18 +140,11 @@ def batch_shapes(batch: int, frames: int, objects: int, size: int) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-def libtpu_available(path: str | None, add: bool = False) -> bool:
-    """Whether libtpu imports from `path`, tam_jax.aot.LIBTPU_PATHS or sys.path; with `add`,
-    make it importable (`aot.load_libtpu`). The parent only looks: with libtpu importable, jax
-    would also try a TPU backend for the CPU part; the children that compile for the topology
-    add it."""
-    if not add:
-        return aot.libtpu_path(path) is not None
-    try:
-        aot.load_libtpu(path)
-        return True
-    except RuntimeError:
-        return False
+def libtpu_available(path: str | None) -> bool:
+    """Whether libtpu imports from `path`, tam_jax.aot.LIBTPU_PATHS or sys.path. The parent
+    only looks: with libtpu importable, jax would also try a TPU backend for the CPU part; the
+    children that compile for the topology load it (`aot.load_libtpu`)."""
+    return aot.libtpu_path(path) is not None
 
 
 def libtpu_version(path: str | None) -> str | None:
@@ -196,12 +188,8 @@ def _abstract_step(case: dict, devices):
     from tam_jax import sharding
     from tam_jax.models.tam import init_params, logical_axes
     from tam_jax.training.optimizer import OptimizerConfig, make_optimizer
-    from tam_jax.training.train_step import (
-        StepConfig,
-        TrainState,
-        create_train_state,
-        make_train_step,
-    )
+    from tam_jax.training.step_setup import train_state_shardings
+    from tam_jax.training.train_step import StepConfig, create_train_state, make_train_step
 
     cfg = model_config(case["variant"], case["resolution"], "bfloat16", case["remat"],
                        case["micro"])
@@ -213,12 +201,7 @@ def _abstract_step(case: dict, devices):
     abstract_params = jax.eval_shape(lambda: init_params(cfg, 0))
     opt = make_optimizer(opt_cfg, abstract_params, cfg)
     state = jax.eval_shape(lambda: create_train_state(init_params(cfg, 0), opt, 0))
-    logical = logical_axes(cfg)
-    state_sh = TrainState(
-        step=rep, rng=rep,
-        params=sharding.param_shardings(state.params, logical, mesh, case["preset"]),
-        opt_state=sharding.state_shardings(state.opt_state, state.params, logical, mesh,
-                                           case["preset"]))
+    state_sh = train_state_shardings(state, logical_axes(cfg), mesh, case["preset"])
     global_b = case["batch_per_device"] * mesh.size
     shapes = batch_shapes(global_b, case["frames"], case["objects"], cfg.image_size)
     batch_sh = sharding.batch_sharding(mesh)
@@ -237,13 +220,11 @@ def _abstract_step(case: dict, devices):
 def run_tpu_case(case: dict) -> dict:
     """Compile one case for the TPU topology; memory, FLOPs, timings (child process)."""
     import jax
-    from jax.experimental import topologies
 
     from tam_jax.flops import count_flops
 
-    libtpu_available(case["libtpu_path"], add=True)
-    devices = topologies.get_topology_desc(topology_name=case["topology"],
-                                           platform="tpu").devices
+    aot.load_libtpu(case["libtpu_path"])
+    devices = aot.topology_devices(case["topology"])
     t0 = time.perf_counter()
     jitted, sharded, chips = _abstract_step(case, devices)
     traced = jitted.trace(*sharded)  # one trace serves the FLOP count and the lowering
@@ -254,21 +235,13 @@ def run_tpu_case(case: dict) -> dict:
     lowered = traced.lower()
     res["lower_s"] = time.perf_counter() - t0
     print(RESULT_MARK + json.dumps(res), flush=True)  # the FLOPs survive a compile timeout
-    t0 = time.perf_counter()
-    try:
-        compiled = lowered.compile()
-    except Exception as e:  # out of HBM is the compiler refusing: record its figures
-        res["compile_s"] = time.perf_counter() - t0
-        res["error"] = f"{type(e).__name__}: {e}"[:1500]
-        res["memory"] = parse_hbm_error(str(e))
-        return res
-    res["compile_s"] = time.perf_counter() - t0
-    res["memory"] = aot.memory_report(compiled, case["hbm_gib"])
-    res["xla_flops_per_chip"] = _xla_flops(compiled)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    res["xla_optimal_seconds"] = float(cost.get("optimal_seconds", float("nan")))
-    res["jax_version"] = jax.__version__
+    chip = dataclasses.replace(aot.chip_spec(devices[0]), hbm_gib=case["hbm_gib"])
+    report = aot.compile_report(lowered, chip)  # out of HBM: the compiler's figures, parsed
+    res.update({k: report[k] for k in ("compile_s", "memory", "error") if k in report})
+    if "cost" in report:
+        res["xla_flops_per_chip"] = report["cost"]["xla_flops"]
+        res["xla_optimal_seconds"] = report["cost"]["optimal_seconds"]
+        res["jax_version"] = jax.__version__
     return res
 
 
@@ -284,33 +257,10 @@ def _derive(case: dict, res: dict) -> dict:
     return res
 
 
-def _last_result(stdout) -> dict | None:
-    """The child's last result line (after the trace, then after the compile), if any."""
-    text = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout or ""
-    found = [ln for ln in text.splitlines() if ln.startswith(RESULT_MARK)]
-    return json.loads(found[-1][len(RESULT_MARK):]) if found else None
-
-
 def tpu_case_in_child(case: dict, timeout: float) -> dict:
     """Run `run_tpu_case` in a child process (own memory, killable after `timeout` s)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_case", json.dumps(case)]
-    # the topology needs no TPU backend; nothing runs, so libtpu's one-process lock is moot
-    env = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", **os.environ, "JAX_PLATFORMS": "cpu"}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired as e:  # keep what the child printed before the compile
-        partial = _last_result(e.stdout)
-        return {**_derive(case, partial or {}), "wall_s": time.perf_counter() - t0,
-                "error": f"timed out after {timeout:.0f} s (trace + lower + compile)"}
-    wall = time.perf_counter() - t0
-    res = _last_result(proc.stdout)
-    if res is not None and proc.returncode == 0:
-        return {**_derive(case, res), "wall_s": wall}
-    tail = (proc.stderr or proc.stdout).strip()
-    last = tail.splitlines()[-1] if tail else ""  # the exception, not the traceback's start
-    return {**_derive(case, res or {}), "error": f"child exited {proc.returncode}: {last}",
-            "stderr_tail": tail[-1500:], "wall_s": wall}
+    res = aot.run_in_child(Path(__file__).resolve(), case, timeout, RESULT_MARK)
+    return _derive(case, res)
 
 
 def tpu_part(args, save) -> list[dict]:

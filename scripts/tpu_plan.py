@@ -37,9 +37,7 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -86,30 +84,9 @@ def run_case(case: dict) -> dict:
                                           all_kinds=case["all_kinds"], emit=emit)
 
 
-def _last_result(text) -> dict | None:
-    text = text.decode(errors="replace") if isinstance(text, bytes) else text or ""
-    found = [ln for ln in text.splitlines() if ln.startswith(RESULT_MARK)]
-    return json.loads(found[-1][len(RESULT_MARK):]) if found else None
-
-
 def case_in_child(case: dict, timeout: float) -> dict:
     """`run_case` in a child process; a timeout or a crash keeps what the child printed."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_case", json.dumps(case)]
-    env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu"}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired as e:
-        return {**(_last_result(e.stdout) or {}), "wall_s": time.perf_counter() - t0,
-                "error": f"timed out after {timeout:.0f} s (trace + lower + compile)"}
-    res = _last_result(proc.stdout)
-    wall = time.perf_counter() - t0
-    if res is not None and proc.returncode == 0 and "compile_s" in res:
-        return {**res, "wall_s": wall}
-    tail = (proc.stderr or proc.stdout or "").strip()
-    last = tail.splitlines()[-1] if tail else ""
-    return {**(res or {}), "error": f"child exited {proc.returncode}: {last}",
-            "stderr_tail": tail[-1500:], "wall_s": wall}
+    return aot.run_in_child(Path(__file__).resolve(), case, timeout, RESULT_MARK)
 
 
 # ------------------------------------------------------------------------------------------
@@ -357,11 +334,8 @@ def main(argv=None) -> int:
         print(RESULT_MARK + json.dumps(run_case(json.loads(args._case))), flush=True)
         return 0
     if aot.libtpu_path(args.libtpu_path) is None:
-        try:
-            aot.load_libtpu(args.libtpu_path)
-        except RuntimeError as e:
-            print(f"tpu_plan: {e}", file=sys.stderr)
-            return 2
+        print(f"tpu_plan: {aot.missing_libtpu_message(args.libtpu_path)}", file=sys.stderr)
+        return 2
     aot.chip_spec(args.topology)  # an unknown generation fails here, before any compile
     topology_chips(args.topology)
     config = apply_overrides(load_config(args.config), args.set)

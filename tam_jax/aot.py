@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.machinery
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,17 +83,21 @@ def libtpu_path(extra: str | None = None) -> str | None:
     return None
 
 
+def missing_libtpu_message(extra: str | None = None) -> str:
+    """Where libtpu was looked for, and the command that installs it."""
+    looked = ", ".join(([extra] if extra else []) + list(LIBTPU_PATHS) + ["sys.path"])
+    return (f"libtpu is not importable (looked in {looked}). Install it with `make libtpu` "
+            "(pip install --target .venv/libtpu_site 'libtpu==<the version jax[tpu] pins>') "
+            "or `pip install 'tam_jax[libtpu]'` on a machine that should see TPUs.")
+
+
 def load_libtpu(extra: str | None = None) -> str:
     """Make libtpu importable (prepending its folder to sys.path) and allow a second process
     to load it (nothing runs on a TPU, so its one-process lock is moot). Returns the folder.
     Raises RuntimeError naming the places looked in and the command that installs it."""
     path = libtpu_path(extra)
     if path is None:
-        looked = ", ".join(([extra] if extra else []) + list(LIBTPU_PATHS) + ["sys.path"])
-        raise RuntimeError(
-            f"libtpu is not importable (looked in {looked}). Install it with `make libtpu` "
-            "(pip install --target .venv/libtpu_site 'libtpu==<the version jax[tpu] pins>') "
-            "or `pip install 'tam_jax[tpu]'` on a machine that should see TPUs.")
+        raise RuntimeError(missing_libtpu_message(extra))
     if path and path not in sys.path:
         sys.path.insert(0, path)
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -163,3 +169,39 @@ def compile_report(lowered, chip: Chip) -> dict:
                 "error": f"{type(e).__name__}: {e}"[:1500]}
     return {"compile_s": time.perf_counter() - t0, "memory": memory_report(compiled, chip.hbm_gib),
             "cost": cost_report(compiled)}
+
+
+# ------------------------------------------------------------------------------------------
+# Compiles in child processes (their own memory; killable after a timeout)
+# ------------------------------------------------------------------------------------------
+
+
+def last_result(text: str | bytes | None, mark: str) -> dict | None:
+    """The last `mark` + JSON line a child printed (a partial one after the trace, the final
+    one after the compile), if any; `text` may be the bytes of a timed-out child."""
+    text = text.decode(errors="replace") if isinstance(text, bytes) else text or ""
+    found = [ln for ln in text.splitlines() if ln.startswith(mark)]
+    return json.loads(found[-1][len(mark):]) if found else None
+
+
+def run_in_child(script: str | os.PathLike, case: dict, timeout: float, mark: str) -> dict:
+    """Run `script --_case JSON` (which prints `mark` + JSON result lines) with the topology's
+    environment: no TPU backend is needed, and nothing runs, so libtpu's one-process lock is
+    moot. Returns the child's last result plus "wall_s"; after a timeout or a failed exit it
+    keeps what the child printed and adds "error" (and "stderr_tail")."""
+    cmd = [sys.executable, str(script), "--_case", json.dumps(case)]
+    env = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", **os.environ, "JAX_PLATFORMS": "cpu"}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:  # keep what the child printed before the compile
+        return {**(last_result(e.stdout, mark) or {}), "wall_s": time.perf_counter() - t0,
+                "error": f"timed out after {timeout:.0f} s (trace + lower + compile)"}
+    wall = time.perf_counter() - t0
+    res = last_result(proc.stdout, mark)
+    if res is not None and proc.returncode == 0:
+        return {**res, "wall_s": wall}
+    tail = (proc.stderr or proc.stdout or "").strip()
+    last = tail.splitlines()[-1] if tail else ""  # the exception, not the traceback's start
+    return {**(res or {}), "error": f"child exited {proc.returncode}: {last}",
+            "stderr_tail": tail[-1500:], "wall_s": wall}

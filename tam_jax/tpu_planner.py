@@ -175,21 +175,15 @@ def compile_track_case(config, device, num_objects: int, cond_capacity: int = 1)
     import jax.numpy as jnp
     from jax.sharding import SingleDeviceSharding
 
-    from tam_jax import configs
     from tam_jax.export import bank_to_dict, track_frame_fn
     from tam_jax.flops import count_flops
     from tam_jax.memory import empty_bank
     from tam_jax.models.tam import init_params
-    from tam_jax.training.step_setup import model_config
+    from tam_jax.training.step_setup import inference_model_config
 
     chip = aot.chip_spec(device)
-    train_cfg = model_config(config)
-    # the inference model: the released variant + the config's overrides, without the
-    # training-mode flags (`configs.for_training`) and without remat
-    overrides = {k: tuple(v) if isinstance(v, list) else v
-                 for k, v in (config.model.get("overrides") or [])}
-    overrides.setdefault("compute_dtype", train_cfg.compute_dtype)
-    cfg = configs.override(configs.get_config(config.model.variant), overrides).validate()
+    # the inference model: no training-mode flags (`configs.for_training`), no remat
+    cfg = inference_model_config(config)
     sh = SingleDeviceSharding(device)
     spec = lambda tree: jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), tree)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from scripts import benchmark_train
+from tam_jax import aot
 from tam_jax.flops import count_flops
 
 TINIEST_CPU = ["--skip-tpu", "--micro", "--cpu-batch", "1", "--cpu-objects", "1",
@@ -119,14 +120,14 @@ def test_flops_jit_remat_custom_derivatives():
 
 def test_parse_hbm_error():
     msg = "RESOURCE_EXHAUSTED: ... Used 20.50G of 15.75G hbm. Exceeded hbm capacity by 4.75G."
-    got = benchmark_train.parse_hbm_error(msg)
+    got = aot.parse_hbm_error(msg)
     assert got["total"] == pytest.approx(20.5 * 2**30) and not got["fits"]
     msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
            "temporaries (21.45G) exceeds available HBM (15.75G).")
-    got = benchmark_train.parse_hbm_error(msg)
+    got = aot.parse_hbm_error(msg)
     assert got == {"temp": pytest.approx(21.45 * 2**30), "capacity": pytest.approx(15.75 * 2**30),
                    "fits": False}
-    assert benchmark_train.parse_hbm_error("some other error") is None
+    assert aot.parse_hbm_error("some other error") is None
 
 
 def test_last_result_line():
@@ -134,9 +135,9 @@ def test_last_result_line():
     captured output is bytes."""
     mark = benchmark_train.RESULT_MARK
     out = f"log\n{mark}{json.dumps({'flops_high': 1})}\nmore\n{mark}{json.dumps({'flops_high': 2})}"
-    assert benchmark_train._last_result(out) == {"flops_high": 2}
-    assert benchmark_train._last_result(out.encode()[:out.rindex(mark)]) == {"flops_high": 1}
-    assert benchmark_train._last_result(None) is None
+    assert aot.last_result(out, mark) == {"flops_high": 2}
+    assert aot.last_result(out.encode()[:out.rindex(mark)], mark) == {"flops_high": 1}
+    assert aot.last_result(None, mark) is None
 
 
 def test_timed_jit_and_matmul_peak():

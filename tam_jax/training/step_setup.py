@@ -38,15 +38,21 @@ def dataclass_from(cls, section) -> object:
     return cls(**values)
 
 
-def model_config(config) -> configs.EfficientTAMConfig:
-    """The training-mode model config: variant + overrides ((dotted key, value) pairs) +
-    compute dtype and remat."""
+def inference_model_config(config, remat: bool = False) -> configs.EfficientTAMConfig:
+    """The config's model as the predictors run it: variant + overrides ((dotted key, value)
+    pairs) + compute dtype, and the ViT remat policy only with `remat`."""
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in (config.model.get("overrides") or [])}
     overrides.setdefault("compute_dtype", config.model.get("compute_dtype", "float32"))
-    overrides.setdefault("vit.remat", config.model.get("remat", "none"))
-    cfg = configs.override(configs.get_config(config.model.variant), overrides).validate()
-    return configs.for_training(cfg)
+    if remat:
+        overrides.setdefault("vit.remat", config.model.get("remat", "none"))
+    return configs.override(configs.get_config(config.model.variant), overrides).validate()
+
+
+def model_config(config) -> configs.EfficientTAMConfig:
+    """The training-mode model config: `inference_model_config` with remat, in training mode
+    (`configs.for_training`)."""
+    return configs.for_training(inference_model_config(config, remat=True))
 
 
 def step_config(config, model_cfg: configs.EfficientTAMConfig) -> StepConfig:
@@ -143,6 +149,18 @@ class StepSetup:
                 jax.ShapeDtypeStruct((frames,), jnp.bool_, sharding=rep))
 
 
+def train_state_shardings(abstract_state: TrainState, logical: Any, mesh: Mesh,
+                          preset: str) -> TrainState:
+    """Shardings of a TrainState: params and optimiser state by the preset's rules, the step
+    and the rng replicated."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    return TrainState(
+        step=rep, rng=rep,
+        params=sharding.param_shardings(abstract_state.params, logical, mesh, preset),
+        opt_state=sharding.state_shardings(abstract_state.opt_state, abstract_state.params,
+                                           logical, mesh, preset))
+
+
 def build(config, mesh: Mesh) -> StepSetup:
     """The `StepSetup` of an experiment config on `mesh` (`config.sharding_preset`, default
     "dp"; `config.train.seed`)."""
@@ -156,11 +174,7 @@ def build(config, mesh: Mesh) -> StepSetup:
     logical = logical_axes(model_cfg)
     preset = config.get("sharding_preset", "dp")
     rep = NamedSharding(mesh, PartitionSpec())
-    state_sh = TrainState(
-        step=rep, rng=rep,
-        params=sharding.param_shardings(abstract_state.params, logical, mesh, preset),
-        opt_state=sharding.state_shardings(abstract_state.opt_state, abstract_state.params,
-                                           logical, mesh, preset))
+    state_sh = train_state_shardings(abstract_state, logical, mesh, preset)
     return StepSetup(model=model_cfg, step=step_cfg, opt=opt, mesh=mesh, preset=preset,
                      seed=seed, abstract_state=abstract_state, state_shardings=state_sh,
                      batch_sharding=sharding.batch_sharding(mesh), replicated=rep,

@@ -2,8 +2,8 @@
 
     python scripts/train.py --config experiments/tiny_local.py --workdir /tmp/run
 
-Reads top to bottom in phases: mesh, data, model and optimiser, sharding, restore, step,
-loop. The config is an `ml_collections.ConfigDict` (see `experiments/`); `train` never parses
+Reads top to bottom in phases: mesh, model and optimiser with their sharding, data, restore,
+step, loop. The config is an `ml_collections.ConfigDict` (see `experiments/`); `train` never parses
 flags. Every host runs this same function (multi-host: `config.multihost` calls
 `jax.distributed.initialize()` first, with the TPU runtime's or the environment's settings).
 """
@@ -172,13 +172,10 @@ def train(config, workdir: str | Path,
     print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
           f"{jax.process_count()} process(es)", flush=True)
 
-    # ---------------------------------------------------------------- data
-    model_cfg = model_config(config)
-    data_it = iter(build_data(config, model_cfg))
-
     # ---------------------------------------------------------------- model, optimiser, sharding
     setup = step_setup.build(config, mesh)
-    step_cfg, abstract_state, state_sh = setup.step, setup.abstract_state, setup.state_shardings
+    model_cfg, step_cfg = setup.model, setup.step
+    abstract_state, state_sh = setup.abstract_state, setup.state_shardings
     seed, preset, logical = setup.seed, setup.preset, setup.logical
     if is_main:
         print(optimizer.describe(abstract_state.params, model_cfg, step_cfg.optimizer),
@@ -186,6 +183,9 @@ def train(config, workdir: str | Path,
         print(sharding.describe_shardings(abstract_state.params, logical, mesh,
                                           abstract_state.opt_state, presets=(preset,)),
               flush=True)
+
+    # ---------------------------------------------------------------- data
+    data_it = iter(build_data(config, model_cfg))
 
     # ---------------------------------------------------------------- restore
     # Hosts arrive here apart (process 0 printed the tables): meet before Orbax's first
