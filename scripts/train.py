@@ -11,7 +11,8 @@ A model field goes through model.<field path>, e.g. --set model.num_maskmem=3 or
 --set model.memory_attention.cross_attention.pool_window=4 (added to model.overrides).
 Rerunning the same command resumes from the workdir's latest checkpoint (also after a SIGTERM,
 which saves and exits). Resume order: the workdir's checkpoint > config.resume (another run) >
-config.init_from (params only: an official .pt or a tam_jax model dir) > from scratch.
+config.init_from (params only: an official .pt, a tam_jax model dir, or another run: a workdir
+or its checkpoints dir, e.g. stage 2 from stage 1) > from scratch.
 --fake_devices N splits this CPU into N devices (to try sharding presets without a TPU).
 """
 

@@ -18,9 +18,14 @@ takes an abstract train state with shardings, so a checkpoint written on one mes
 any other mesh or device count (Orbax reshards while reading).
 
 Where a run starts (`resolve_start`): this workdir's latest checkpoint > `resume` (another run's
-full state) > `init_from` (params only: an official `.pt` or a model directory) > scratch.
+full state) > `init_from` (params only: an official `.pt`, a model directory, or another run's
+latest checkpoint, as stage 2 starts from stage 1) > scratch.
 Preemption (`PreemptionGuard`): SIGTERM only sets a flag; the trainer checks it after each step,
 saves with `force=True`, waits and exits.
+
+Storage: the workdir, `resume` and `init_from` may be gs:// (or s3://, az://) URLs; Orbax writes
+and reads them itself, and the paths go through `tam_jax.storage`. Model directories written by
+`save_model` (the converter's output) must be local: they are made atomic by a rename.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from tam_jax import storage
+
 log = logging.getLogger(__name__)
 
 META_FILE = "tam_jax.json"
@@ -50,7 +57,7 @@ class CheckpointError(ValueError):
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / META_FILE).is_file()
+    return (storage.as_path(path) / META_FILE).is_file()
 
 
 def save_model(path: str | os.PathLike, params: Mapping[str, Any], variant: str,
@@ -58,6 +65,7 @@ def save_model(path: str | os.PathLike, params: Mapping[str, Any], variant: str,
     """Save `params` and the variant name to the directory `path` atomically."""
     import orbax.checkpoint as ocp
 
+    storage.require_local(path, "a model directory")  # written through a temp dir + rename
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
@@ -81,7 +89,7 @@ def load_model(path: str | os.PathLike) -> tuple[dict, str]:
     """(params as numpy, variant name) from a directory written by `save_model`."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = storage.as_path(path)
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise CheckpointError(f"{path}: not a tam_jax model directory (no {META_FILE})")
@@ -154,7 +162,7 @@ def _restore(mngr, step: int | None, abstract_train_state: Any, data_iterator: A
     import orbax.checkpoint as ocp
 
     _check_abstract(abstract_train_state)
-    directory = Path(mngr.directory)
+    directory = storage.as_path(mngr.directory)
     if step is None:
         step = mngr.latest_step()
         if step is None:
@@ -205,7 +213,7 @@ class TrainCheckpointer:
             raise ValueError(f"keep_every must be >= 1 or None, got {keep_every}")
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
-        self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
+        self.directory = storage.as_path(workdir) / CHECKPOINTS_DIR
         self._mngr = _open_manager(self.directory, _manager_options(
             keep_last=keep_last, keep_every=keep_every, save_every=save_every,
             async_save=async_save))
@@ -268,7 +276,7 @@ class TrainCheckpointer:
 def latest_checkpoint_step(directory: str | os.PathLike) -> int | None:
     """The newest finished step in a checkpoints directory; None if it has none (or is absent).
     Half-written `<step>.orbax-checkpoint-tmp` directories do not count."""
-    directory = Path(directory).absolute()
+    directory = storage.as_path(directory)
     if not directory.is_dir():
         return None
     with _open_manager(directory, _manager_options(read_only=True)) as mngr:
@@ -278,7 +286,7 @@ def latest_checkpoint_step(directory: str | os.PathLike) -> int | None:
 def find_checkpoints_dir(path: str | os.PathLike) -> Path:
     """The checkpoints directory of `path`: a workdir (`<path>/checkpoints`) or a checkpoints
     directory itself. Raises CheckpointError if neither holds a finished checkpoint."""
-    path = Path(path).absolute()
+    path = storage.as_path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such directory")
     for candidate in (path / CHECKPOINTS_DIR, path):
@@ -293,9 +301,45 @@ def restore_train_state(checkpoints_dir: str | os.PathLike, abstract_train_state
     """`TrainCheckpointer.restore` from any checkpoints directory, read-only (for `resume`, a
     StartPoint of kind "workdir" or "resume": `restore_train_state(start.path, abstract,
     start.step, iterator)`)."""
-    with _open_manager(Path(checkpoints_dir).absolute(),
+    with _open_manager(storage.as_path(checkpoints_dir),
                        _manager_options(read_only=True)) as mngr:
         return _restore(mngr, step, abstract_train_state, data_iterator)
+
+
+def read_train_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
+    """(params as numpy, step) of a training checkpoint under `path` (a workdir or its
+    checkpoints directory); `step` None = the latest finished one.
+
+    Only the `params` subtree of the saved train state is read (Orbax partial restore, as numpy
+    arrays: no abstract train state, optimiser or mesh needed; any device count works). This
+    is what evaluation and `init_from` (stage 2 from a stage-1 run) take from a training run.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = find_checkpoints_dir(path)
+    step = latest_checkpoint_step(directory) if step is None else int(step)
+    state_dir = directory / str(step) / _STATE
+    if not state_dir.is_dir():
+        raise CheckpointError(f"{state_dir}: no train state saved for step {step}")
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # Orbax warns about metadata files it does not need here
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.metadata(state_dir).item_metadata.tree
+            if not isinstance(tree, Mapping) or "params" not in tree:
+                raise CheckpointError(f"{state_dir}: not a train state (no 'params' entry)")
+            restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+                item={"params": tree["params"]},
+                restore_args={"params": _as_numpy(tree["params"], ocp)}, partial_restore=True))
+    finally:
+        absl_log.setLevel(level)
+    return restored["params"], step
+
+
+def _as_numpy(meta_tree: Any, ocp) -> Any:
+    """Restore args that read every leaf of `meta_tree` as a host numpy array."""
+    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
 
 
 def read_train_state(checkpoints_dir: str | os.PathLike, step: int | None = None) -> dict:
@@ -304,7 +348,7 @@ def read_train_state(checkpoints_dir: str | os.PathLike, step: int | None = None
     state (any device count, any number of writing processes): to inspect or compare runs."""
     import orbax.checkpoint as ocp
 
-    directory = Path(checkpoints_dir).absolute()
+    directory = storage.as_path(checkpoints_dir)
     with _open_manager(directory, _manager_options(read_only=True)) as mngr:
         if step is None:
             step = mngr.latest_step()
@@ -314,8 +358,8 @@ def read_train_state(checkpoints_dir: str | os.PathLike, step: int | None = None
     path = directory / str(step) / _STATE
     with ocp.PyTreeCheckpointer() as ckptr:
         tree = ckptr.metadata(path).item_metadata.tree
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(
+            restore_args=_as_numpy(tree, ocp)))
 
 
 # ------------------------------------------------------------------------------- preemption
@@ -401,24 +445,13 @@ class PreemptionGuard:
 @dataclasses.dataclass(frozen=True)
 class StartPoint:
     """Where training starts: `kind` "workdir" / "resume" (full state: `path` is a checkpoints
-    directory, `step` its latest step), "init_from" (params only: `path` is an official `.pt`
-    or a model directory, `step` 0) or "scratch" (`path` None, `step` 0)."""
+    directory, `step` its latest step), "init_from" (params only: `path` is an official `.pt`,
+    a model directory or another run's checkpoints directory, `step` 0) or "scratch" (`path`
+    None, `step` 0)."""
 
     kind: Literal["workdir", "resume", "init_from", "scratch"]
-    path: Path | None
+    path: Any  # pathlib.Path, an etils.epath.Path for a gs:// URL, or None
     step: int
-
-
-def require_local(path: str | os.PathLike | None, what: str) -> None:
-    """Refuse an object-store URL (gs://, s3://, ...) where the trainer writes or reads with
-    local file APIs: `pathlib` would silently turn "gs://b/run" into a local "gs:/b/run".
-    On a TPU VM, mount the bucket with gcsfuse and pass the mount path (docs/tpu.md)."""
-    if path is not None and "://" in str(path):
-        raise ValueError(
-            f"{what} {str(path)!r}: object-store URLs are not supported for {what} (it is "
-            "written with local file APIs); mount the bucket with gcsfuse (e.g. `gcsfuse "
-            "--implicit-dirs BUCKET /mnt/BUCKET`, or scripts/tpu/launch.py install --mount) and "
-            "pass the mounted path. data_dir may be gs:// (TFDS / ArrayRecord read it).")
 
 
 def resolve_start(workdir: str | os.PathLike, resume: str | os.PathLike | None = None,
@@ -429,9 +462,7 @@ def resolve_start(workdir: str | os.PathLike, resume: str | os.PathLike | None =
     continues from its own progress when it is restarted with the same command. A `resume` or
     `init_from` that names nothing usable is an error, not a silent fall-through to scratch.
     """
-    for value, what in ((workdir, "workdir"), (resume, "resume"), (init_from, "init_from")):
-        require_local(value, what)
-    own = Path(workdir).absolute() / CHECKPOINTS_DIR
+    own = storage.as_path(workdir) / CHECKPOINTS_DIR
     step = latest_checkpoint_step(own)
     if step is not None:
         if resume is not None or init_from is not None:
@@ -441,26 +472,41 @@ def resolve_start(workdir: str | os.PathLike, resume: str | os.PathLike | None =
         directory = find_checkpoints_dir(resume)
         return StartPoint("resume", directory, latest_checkpoint_step(directory))
     if init_from is not None:
-        path = Path(init_from).absolute()
+        path = storage.as_path(init_from)
         if not path.exists():
             raise CheckpointError(f"{path}: init_from names no such file or directory")
         if path.is_dir() and not is_model_dir(path):
-            raise CheckpointError(f"{path}: init_from must be an official .pt file or a tam_jax "
-                                  f"model directory (no {META_FILE}); for a training "
-                                  "checkpoint use resume")
+            try:  # another training run (stage 2 from stage 1): its latest params
+                path = find_checkpoints_dir(path)
+            except CheckpointError:
+                raise CheckpointError(
+                    f"{path}: init_from must be an official .pt file, a tam_jax model directory "
+                    f"(with {META_FILE}) or a training run (a workdir or its checkpoints "
+                    "directory, with a finished checkpoint); it is none of these") from None
         return StartPoint("init_from", path, 0)
     return StartPoint("scratch", None, 0)
 
 
 def load_init_params(init_from: str | os.PathLike, model_cfg) -> dict:
-    """Params (numpy pytree) for `model_cfg` from an official `.pt` (strictly converted) or a
-    model directory, checked leaf by leaf against the model's shapes."""
-    path = Path(init_from).absolute()
+    """Params (numpy pytree) for `model_cfg` from an official `.pt` (strictly converted), a
+    model directory, or a training run (its latest checkpoint's params only: a new run with its
+    own optimiser and schedule, e.g. stage 2 from stage 1), checked leaf by leaf against the
+    model's shapes."""
+    path = storage.as_path(init_from)
     if not path.exists():
         raise CheckpointError(f"{path}: init_from names no such file or directory")
-    if path.is_dir():
+    if path.is_dir() and is_model_dir(path):
         params, variant = load_model(path)
         source = f"{path} (variant {variant})"
+    elif path.is_dir():
+        params, step = read_train_params(path)
+        source = f"{path} (training checkpoint, step {step})"
+    elif storage.is_url(path):
+        # torch.load reads a local file: copy the .pt out of the bucket first
+        with tempfile.TemporaryDirectory(prefix="tam_jax_init_from_") as tmp:
+            local = Path(tmp) / path.name
+            local.write_bytes(path.read_bytes())
+            return load_init_params(local, model_cfg)
     else:
         from tam_jax.convert.checkpoint import (
             ConversionError,

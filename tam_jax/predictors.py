@@ -171,7 +171,7 @@ class ImagePredictor:
 def load_weights(variant: str, checkpoint: str | os.PathLike | None = None, seed: int = 0):
     """(cfg, params): random (seeded) when `checkpoint` is None, else an official `.pt` file or
     a tam_jax model directory. The checkpoint's width must match `variant`."""
-    from tam_jax import checkpointing
+    from tam_jax import checkpointing, storage
     from tam_jax.convert.checkpoint import ConversionError, load_official_checkpoint
 
     cfg = get_config(variant)
@@ -182,6 +182,7 @@ def load_weights(variant: str, checkpoint: str | os.PathLike | None = None, seed
         if get_config(saved).vit != cfg.vit or get_config(saved).hidden_dim != cfg.hidden_dim:
             raise ConversionError(f"{checkpoint}: holds {saved} weights, not {variant}")
         return cfg, params
+    storage.require_local(checkpoint, "an official .pt checkpoint")  # (a gs:// model dir works)
     params, cfg = load_official_checkpoint(checkpoint, variant)
     return cfg, params
 

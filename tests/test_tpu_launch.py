@@ -50,7 +50,7 @@ def test_install_copies_to_every_worker_and_mounts(capsys):
     assert "--worker=all" in scp and "tam:~/tam_jax" in scp
     assert "--worker=all" in ssh
     remote = next(a for a in ssh if a.startswith("--command="))
-    assert "pip install -e '.[data,libtpu]'" in remote
+    assert "pip install -e '.[data,libtpu,gcs]'" in remote
     assert "gcsfuse --implicit-dirs my-bucket /mnt/data" in remote
     with pytest.raises(SystemExit, match="BUCKET:/mnt/DIR"):
         launch.main(["install", "--name", "t", "--zone", "z", "--mount", "nobucket",

@@ -16,8 +16,8 @@ Subcommands (each prints the commands it runs; --dry_run prints them and runs no
            way to get large or spot capacity), a queued resource (`queued-resources create`;
            --slices N asks for N slices joined over DCN: multi-slice).
   install  copies the source tree to every worker (`tpu-vm scp --worker=all`) and installs it
-           with the TPU runtime (`pip install -e '.[data,libtpu]'`: jax[tpu] pins the libtpu that
-           matches the installed jax).
+           with the TPU runtime and GCS access (`pip install -e '.[data,libtpu,gcs]'`: jax[tpu]
+           pins the libtpu that matches the installed jax; gcs lets workdirs be gs:// URLs).
   train    starts the same training command on every worker (`tpu-vm ssh --worker=all`), with
            `--set multihost=True`: `jax.distributed.initialize()` finds its peers from the TPU
            runtime. Output goes to ~/tam_jax_train.log on each worker, in the background, so the
@@ -27,9 +27,9 @@ Subcommands (each prints the commands it runs; --dry_run prints them and runs no
   stop     sends SIGTERM to the trainers: each writes a final checkpoint and exits.
   delete   deletes the VM / queued resource.
 
-Storage: the workdir and data_dir must be paths every worker sees. gs:// paths work where the
-library underneath supports them (see docs/tpu.md); the portable way is a gcsfuse mount of the
-bucket on every worker (`--mount BUCKET:/mnt/DIR` on install mounts it).
+Storage: the workdir and data_dir must be paths every worker sees: gs:// URLs (the workdir,
+resume, init_from and TFDS data_dir accept them, docs/tpu.md) or a gcsfuse mount of the bucket
+on every worker (`--mount BUCKET:/mnt/DIR` on install mounts it).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def install_commands(args) -> list[list[str]]:
     cmds = [["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", args.source,
              f"{args.name}:{REMOTE_DIR}", *_common(args), "--worker=all"]]
     steps = [f"cd {REMOTE_DIR}", "python3 -m pip install -U pip",
-             "python3 -m pip install -e '.[data,libtpu]'"]
+             "python3 -m pip install -e '.[data,libtpu,gcs]'"]
     for mount in args.mount:
         bucket, _, where = mount.partition(":")
         if not bucket or not where:

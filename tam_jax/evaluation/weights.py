@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tam_jax import checkpointing, configs
-
-STATE_ITEM = "state"  # the train-state item inside a training step directory
+from tam_jax import checkpointing, configs, storage
 
 
 def is_random(checkpoint) -> bool:
@@ -33,46 +28,8 @@ def is_random(checkpoint) -> bool:
     return checkpoint is None or (isinstance(checkpoint, str) and checkpoint.lower() == "none")
 
 
-def read_train_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
-    """(params as numpy, step) of a training checkpoint under `path` (a workdir or its
-    checkpoints directory); `step` None = the latest finished one.
-
-    Only the `params` subtree of the saved train state is read (Orbax partial restore, as numpy
-    arrays: no abstract train state, optimiser or mesh needed; any device count works).
-    """
-    import orbax.checkpoint as ocp
-
-    directory = checkpointing.find_checkpoints_dir(path)
-    step = checkpointing.latest_checkpoint_step(directory) if step is None else int(step)
-    state_dir = directory / str(step) / STATE_ITEM
-    if not state_dir.is_dir():
-        raise checkpointing.CheckpointError(f"{state_dir}: no train state saved for step {step}")
-    absl_log = logging.getLogger("absl")
-    level = absl_log.level
-    absl_log.setLevel(logging.ERROR)  # Orbax warns about metadata files it does not need here
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            tree = ckptr.metadata(state_dir).item_metadata.tree
-            if not isinstance(tree, Mapping) or "params" not in tree:
-                raise checkpointing.CheckpointError(
-                    f"{state_dir}: not a train state (no 'params' entry)"
-                )
-            as_numpy = {"params": _numpy_restore_args(tree["params"], ocp)}
-            restored = ckptr.restore(
-                state_dir,
-                args=ocp.args.PyTreeRestore(
-                    item={"params": tree["params"]}, restore_args=as_numpy, partial_restore=True
-                ),
-            )
-    finally:
-        absl_log.setLevel(level)
-    return restored["params"], step
-
-
-def _numpy_restore_args(meta_tree: Any, ocp) -> Any:
-    import jax
-
-    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
+# (moved to checkpointing, where init_from reads it too; importable from here as before)
+read_train_params = checkpointing.read_train_params
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,6 +90,7 @@ def load_eval_model(
             raise checkpointing.CheckpointError("random weights (checkpoint none) need a variant")
         cfg = eval_config(variant, overrides)
         return cfg, random_params(cfg, seed)
+    storage.require_local(checkpoint, "an evaluation checkpoint")
     path = Path(checkpoint)
     if not path.exists():
         raise checkpointing.CheckpointError(f"{path}: no such checkpoint file or directory")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tam_jax import checkpointing, sharding
+from tam_jax import checkpointing, sharding, storage
 from tam_jax.training import losses, optimizer, prompts, step_setup
 from tam_jax.training.train_step import TrainState
 
@@ -38,16 +37,15 @@ _dataclass_from = step_setup.dataclass_from
 model_config = step_setup.model_config
 
 
-def write_model_description(config, workdir: Path) -> Path:
+def write_model_description(config, workdir) -> Path:
     """`<workdir>/model.json`: {"variant", "overrides"} of the trained model, so that
-    evaluation (`evaluation.weights.load_eval_model`) rebuilds it from the workdir alone."""
+    evaluation (`evaluation.weights.load_eval_model`) rebuilds it from the workdir alone.
+    `workdir`: a `storage.as_path` path (local or gs://)."""
     desc = {"variant": config.model.variant,
             "overrides": [[k, list(v) if isinstance(v, tuple) else v]
                           for k, v in (config.model.get("overrides") or [])]}
     path = workdir / checkpointing.MODEL_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(desc, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: never a half-written description
+    storage.write_text_atomic(path, json.dumps(desc, indent=1) + "\n")  # never half-written
     return path
 
 
@@ -97,28 +95,41 @@ def build_data(config, model_cfg, process_index=None, process_count=None):
 
 class _MetricWriter:
     """TensorBoard event files (tensorboardX, no TensorFlow) and `metrics.jsonl` (one JSON
-    object per logged step, easy to plot or compare), on process 0 only."""
+    object per logged step, easy to plot or compare), on process 0 only.
 
-    def __init__(self, workdir: Path, enabled: bool):
+    In a gs:// workdir tensorboardX writes through google-cloud-storage and uploads its whole
+    event file on each flush, so it is left to flush on its own timer (`flush_secs`), and
+    `metrics.jsonl` is rewritten at most once a minute (`storage.JsonlLog`); locally both are
+    flushed on every logged step."""
+
+    def __init__(self, workdir, enabled: bool):
         self.writer = self.jsonl = None
+        self._flush_each = not storage.is_url(workdir)
         if enabled:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
-            self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close)
+            self.jsonl = storage.JsonlLog(workdir / "metrics.jsonl")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, v, step)
-            self.writer.flush()
-            self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-            self.jsonl.flush()
+            if self._flush_each:
+                self.writer.flush()
+            self.jsonl.write(json.dumps({"step": step, **scalars}))
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.jsonl.close()
+            self.writer = self.jsonl = None
+
+    def __enter__(self) -> _MetricWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when training stops with an error: the lines so far are kept
 
 
 def _report_compiled(compiled, kind, batch_shapes) -> float:
@@ -159,8 +170,7 @@ def initialize_distributed(settings=None) -> None:
 def train(config, workdir: str | Path,
           eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None) -> dict:
     """Run (or resume) training; returns the last logged metrics (host floats)."""
-    checkpointing.require_local(workdir, "workdir")  # before anything is created
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)  # local, or gs:// (Orbax and tam_jax.storage write it)
     workdir.mkdir(parents=True, exist_ok=True)
     tc = config.train
 
@@ -239,7 +249,7 @@ def train(config, workdir: str | Path,
     last_logged: dict = {}
     prompt_seed = int(config.get("prompt_seed", seed))
     t_prev = time.perf_counter()
-    with checkpointing.PreemptionGuard() as guard, tqdm(
+    with writer, checkpointing.PreemptionGuard() as guard, tqdm(
             total=num_steps, initial=first, desc="train", disable=not is_main,
             dynamic_ncols=True) as bar:
         for step in range(first, num_steps):
@@ -281,7 +291,6 @@ def train(config, workdir: str | Path,
     ckpt.save(int(state.step), state, data_it, force=True)
     ckpt.wait()
     ckpt.close()
-    writer.close()
     close = getattr(data_it, "close", None)
     if close is not None:
         close()
