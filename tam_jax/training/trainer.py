@@ -171,7 +171,8 @@ def train(config, workdir: str | Path,
           eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None) -> dict:
     """Run (or resume) training; returns the last logged metrics (host floats)."""
     workdir = storage.as_path(workdir)  # local, or gs:// (Orbax and tam_jax.storage write it)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not storage.is_url(workdir):  # object stores have no folders (and gcsfs's mkdir would
+        workdir.mkdir(parents=True, exist_ok=True)  # create a mistyped bucket)
     tc = config.train
 
     # ---------------------------------------------------------------- mesh
