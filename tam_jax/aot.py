@@ -21,6 +21,8 @@ import importlib.machinery
 import json
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -202,6 +204,12 @@ def run_in_child(script: str | os.PathLike, case: dict, timeout: float, mark: st
     if res is not None and proc.returncode == 0:
         return {**res, "wall_s": wall}
     tail = (proc.stderr or proc.stdout or "").strip()
-    last = tail.splitlines()[-1] if tail else ""  # the exception, not the traceback's start
-    return {**(res or {}), "error": f"child exited {proc.returncode}: {last}",
-            "stderr_tail": tail[-1500:], "wall_s": wall}
+    if proc.returncode == -signal.SIGKILL:  # its stderr ends mid-log: say what killed it
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+        error = (f"killed by SIGKILL after {wall:.0f} s, most likely by the out-of-memory "
+                 f"killer: the compile needed more RAM than this host has (largest child so "
+                 f"far: {peak:.1f} GiB). Compile on a machine with more memory.")
+    else:
+        last = tail.splitlines()[-1] if tail else ""  # the exception, not the traceback's start
+        error = f"child exited {proc.returncode}: {last}"
+    return {**(res or {}), "error": error, "stderr_tail": tail[-1500:], "wall_s": wall}

@@ -191,3 +191,17 @@ def test_benchmark_train_tpu_aot_tiny(tmp_path):
     assert "error" not in res, res["error"]
     assert res["chips"] == 4 and res["memory"]["fits"] and res["memory"]["total"] > 0
     assert res["flops_high_per_chip"] > 0
+
+
+def test_a_child_killed_by_sigkill_is_named(tmp_path):
+    """The out-of-memory killer ends a compile with SIGKILL mid-log: the error says so (not the
+    child's last log line), and the figures it printed before are kept."""
+    script = tmp_path / "child.py"
+    script.write_text("import os, signal, sys\n"
+                      "print('MARK{\"flops_high\": 3}', flush=True)\n"
+                      "print('libtpu_init_utils.cc:327 log', file=sys.stderr, flush=True)\n"
+                      "os.kill(os.getpid(), signal.SIGKILL)\n")
+    res = aot.run_in_child(script, {}, timeout=120, mark="MARK")
+    assert res["flops_high"] == 3
+    assert res["error"].startswith("killed by SIGKILL") and "out-of-memory killer" in res["error"]
+    assert "libtpu_init_utils" in res["stderr_tail"]
