@@ -105,9 +105,9 @@ class JsonlLog:
         if self._local:
             self._file = open(path, "a")  # noqa: SIM115 (closed in close)
         else:
-            self._text = path.read_text() if path.exists() else ""
-            if self._text and not self._text.endswith("\n"):
-                self._text += "\n"
+            old = path.read_text() if path.exists() else ""
+            # a list, joined on upload: `str +=` on an attribute copies the whole log each line
+            self._lines = old.splitlines()
             self._dirty = False
             self._uploaded_at = time.monotonic()
 
@@ -117,7 +117,7 @@ class JsonlLog:
             self._file.write(line + "\n")
             self._file.flush()
             return
-        self._text += line + "\n"
+        self._lines.append(line)
         self._dirty = True
         if time.monotonic() - self._uploaded_at >= self._upload_every_s:
             self.flush()
@@ -127,7 +127,7 @@ class JsonlLog:
         if self._local:
             self._file.flush()
         elif self._dirty:
-            self.path.write_text(self._text)
+            self.path.write_text("".join(x + "\n" for x in self._lines))
             self._dirty = False
             self._uploaded_at = time.monotonic()
 
