@@ -197,7 +197,7 @@ def run_one(spec: str, root: Path, name: str, local: bool, local_data: str,
     train_s = time.time() - t0
     from tam_jax import checkpointing
 
-    step = checkpointing.latest_checkpoint_step(checkpointing.find_checkpoints_dir(run_dir))
+    step = checkpointing.find_latest_checkpoint(run_dir)[1]
     if step != int(config.train.num_steps):  # stopped early (SIGTERM): not a result yet
         raise SystemExit(f"{name}: training stopped at step {step} of "
                          f"{config.train.num_steps}; rerun to resume it")

@@ -283,17 +283,24 @@ def latest_checkpoint_step(directory: str | os.PathLike) -> int | None:
         return mngr.latest_step()
 
 
-def find_checkpoints_dir(path: str | os.PathLike) -> Path:
-    """The checkpoints directory of `path`: a workdir (`<path>/checkpoints`) or a checkpoints
-    directory itself. Raises CheckpointError if neither holds a finished checkpoint."""
+def find_latest_checkpoint(path: str | os.PathLike) -> tuple[Any, int]:
+    """(checkpoints directory, its newest finished step) of `path`: a workdir
+    (`<path>/checkpoints`) or a checkpoints directory itself. Raises CheckpointError if neither
+    holds a finished checkpoint. (One listing per candidate: on GCS each is a round trip.)"""
     path = storage.as_path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such directory")
     for candidate in (path / CHECKPOINTS_DIR, path):
-        if latest_checkpoint_step(candidate) is not None:
-            return candidate
+        step = latest_checkpoint_step(candidate)
+        if step is not None:
+            return candidate, step
     raise CheckpointError(f"{path}: holds no finished training checkpoint (looked in "
                           f"{path / CHECKPOINTS_DIR} and {path})")
+
+
+def find_checkpoints_dir(path: str | os.PathLike) -> Path:
+    """The checkpoints directory of `path` (see `find_latest_checkpoint`)."""
+    return find_latest_checkpoint(path)[0]
 
 
 def restore_train_state(checkpoints_dir: str | os.PathLike, abstract_train_state: Any,
@@ -316,8 +323,8 @@ def read_train_params(path: str | os.PathLike, step: int | None = None) -> tuple
     """
     import orbax.checkpoint as ocp
 
-    directory = find_checkpoints_dir(path)
-    step = latest_checkpoint_step(directory) if step is None else int(step)
+    directory, latest = find_latest_checkpoint(path)
+    step = latest if step is None else int(step)
     state_dir = directory / str(step) / _STATE
     if not state_dir.is_dir():
         raise CheckpointError(f"{state_dir}: no train state saved for step {step}")
@@ -469,8 +476,7 @@ def resolve_start(workdir: str | os.PathLike, resume: str | os.PathLike | None =
             log.info("%s has checkpoints (step %d): ignoring resume / init_from", own, step)
         return StartPoint("workdir", own, step)
     if resume is not None:
-        directory = find_checkpoints_dir(resume)
-        return StartPoint("resume", directory, latest_checkpoint_step(directory))
+        return StartPoint("resume", *find_latest_checkpoint(resume))
     if init_from is not None:
         path = storage.as_path(init_from)
         if not path.exists():
