@@ -30,7 +30,8 @@ from tam_jax.training import clip_forward, losses, prompts
 
 SIZE, T, B, O = 256, 4, 2, 2
 VALID = np.array([[True, True], [True, False]])  # clip 1's second slot is padding
-K = 2  # correction clicks per corrected frame (7 in training; 2 keeps the test fast)
+K = 3  # correction clicks per corrected frame (7 in training); 3 runs the scanned click loop
+# on every kind of frame (a one-step multimask run, then a scan of single-mask steps)
 NOISE = np.random.default_rng(5).random((B * O, SIZE, SIZE)).astype(np.float32)
 
 

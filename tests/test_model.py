@@ -137,6 +137,35 @@ def test_sam_heads_match_official(pair, multimask, prompt):
     print(f"\n  sam_heads {prompt} multimask={multimask}: worst max|d| {worst:.2e}")
 
 
+def test_masked_point_slots_are_exactly_absent(pair):
+    """A fixed click buffer (training's correction loop): slots with point_valid False, holding
+    arbitrary coordinates and labels, give the official result of the valid points alone, with
+    a different number of valid points per object."""
+    cfg, model, params = pair
+    rng = np.random.RandomState(1)
+    feats = rng.normal(size=(3, 16, 16, 256)).astype(np.float32)
+    mask = rng.normal(size=(3, 64, 64, 1)).astype(np.float32)  # previous logits fed back
+    points = rng.uniform(0, 256, (3, 4, 2)).astype(np.float32)
+    labels = rng.randint(0, 2, (3, 4)).astype(np.int32)
+    counts = [1, 4, 2]
+    valid = np.arange(4)[None] < np.array(counts)[:, None]
+    got = EfficientTAM(cfg).apply(
+        {"params": params}, jnp.asarray(feats), jnp.asarray(points), jnp.asarray(labels),
+        jnp.asarray(mask), False, point_valid=jnp.asarray(valid), method=EfficientTAM.sam_heads)
+    unmasked = EfficientTAM(cfg).apply(
+        {"params": params}, jnp.asarray(feats), jnp.asarray(points), jnp.asarray(labels),
+        jnp.asarray(mask), False, method=EfficientTAM.sam_heads)
+    for i, c in enumerate(counts):
+        want, _ = _run_both(cfg, model, params, feats[i:i + 1], points[i:i + 1, :c],
+                            labels[i:i + 1, :c], mask[i:i + 1], False)
+        for name, w in zip(_NAMES, want):
+            d = float(np.abs(np.asarray(got[name][i:i + 1]) - w.numpy()).max())
+            assert d <= ATOL, (i, name, d)
+    # the mask matters: the garbage slots, unmasked, change objects 0 and 2 (not 1, all valid)
+    moved = np.abs(np.asarray(got["low_res_masks"]) - np.asarray(unmasked["low_res_masks"]))
+    assert moved[0].max() > 1e-2 and moved[2].max() > 1e-2 and moved[1].max() <= ATOL
+
+
 def test_object_absent_gating_and_no_object_pointer(pair):
     cfg, model, params = pair
     # Push the object-score head negative for every input: masks become -1024, the pointer

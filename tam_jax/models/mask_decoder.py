@@ -53,6 +53,7 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         repeat_image: bool = False,
         training: bool = False,
+        sparse_valid_bn: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         """Predict masks.
 
@@ -60,7 +61,8 @@ class MaskDecoder(nn.Module):
         image_pe_1hwc (1, h, w, D): `PromptEncoder.get_dense_pe()`;
         sparse_bnd (B, N, D), dense_bhwc (B, h, w, D): the prompt encoder's outputs;
         multimask_output, repeat_image (each image repeated for B / B_img consecutive prompts;
-        the official `repeat_interleave`), training (no stability fallback): static.
+        the official `repeat_interleave`), training (no stability fallback): static;
+        sparse_valid_bn (B, N) bool or None: sparse tokens to keep (False: as if absent).
         Returns a dict:
           masks (B, M, 4h, 4w) low-res logits, iou_pred (B, M) (M = 3 multimask, else 1),
           sam_tokens_out (B, 3 or 1, D), object_score_logits (B, 1),
@@ -96,8 +98,12 @@ class MaskDecoder(nn.Module):
         _, h, w, _ = src.shape
         pos = jnp.broadcast_to(image_pe_1hwc.astype(dt), (b, h, w, d))
 
+        token_valid = None
+        if sparse_valid_bn is not None:
+            token_valid = jnp.concatenate(
+                [jnp.ones((b, output_tokens.shape[0]), bool), sparse_valid_bn.astype(bool)], 1)
         hs, src_bnc = TwoWayTransformer(cfg, name="transformer")(
-            src.reshape(b, h * w, d), pos.reshape(b, h * w, d), tokens)
+            src.reshape(b, h * w, d), pos.reshape(b, h * w, d), tokens, token_valid)
         iou_token_out = hs[:, s]  # (B, D)
         mask_tokens_out = hs[:, s + 1:s + 1 + num_mask_tokens]  # (B, 4, D)
 

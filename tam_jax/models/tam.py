@@ -92,11 +92,14 @@ class EfficientTAM(nn.Module):
         mask_inputs: jax.Array | None,
         multimask_output: bool,
         pad_points: bool = True,
+        point_valid: jax.Array | None = None,
     ) -> dict:
         """Prompt encoder + mask decoder on already memory-conditioned features.
 
         point_coords (B, N, 2) in model-input pixels, point_labels (B, N) int (-1 pad, 0/1 click,
         2/3 box corners) or None for no sparse prompt; mask_inputs (B, 4h, 4w, 1) logits or None.
+        point_valid (B, N) bool or None: points to keep; a False point is absent from the
+        decoder's attention (a fixed-size click buffer's unused slots), exactly.
         Returns the mask decoder's dict (low-res `masks` (B, M, 4h, 4w), `iou_pred` (B, M),
         `sam_tokens_out`, `object_score_logits` (B, 1), `all_masks`, `all_iou`).
         """
@@ -104,9 +107,17 @@ class EfficientTAM(nn.Module):
             point_coords, point_labels, mask_inputs, pad=pad_points,
             batch_size=features_bhwc.shape[0],
         )
+        sparse_valid = None
+        if point_valid is not None:
+            if point_coords is None:
+                raise ValueError("point_valid needs point_coords")
+            sparse_valid = point_valid.astype(bool)
+            if pad_points:  # the appended padding token is always there, as officially
+                pad = jnp.ones((sparse_valid.shape[0], 1), bool)
+                sparse_valid = jnp.concatenate([sparse_valid, pad], axis=1)
         return self.sam_mask_decoder(
             features_bhwc, self.sam_prompt_encoder.get_dense_pe(), sparse, dense,
-            multimask_output=multimask_output,
+            multimask_output=multimask_output, sparse_valid_bn=sparse_valid,
         )
 
     def sam_heads(
@@ -116,11 +127,13 @@ class EfficientTAM(nn.Module):
         point_labels: jax.Array | None,
         mask_inputs: jax.Array | None,
         multimask_output: bool,
+        point_valid: jax.Array | None = None,
     ) -> dict:
         """`SAM2Base._forward_sam_heads`: decode, gate by object score, build the pointer.
 
         With no points, one padding point is sent (as the official); mask inputs of another
         size are first resized (antialiased bilinear) to the prompt encoder's 4h x 4w.
+        point_valid (B, N) bool or None: see `prompt_and_decode`.
         Returns low_res_multimasks (B, M, 4h, 4w), high_res_multimasks (B, M, S, S),
         ious (B, M), low_res_masks / high_res_masks (B, 1, ., .) of the chosen mask,
         obj_ptr (B, 256), object_score_logits (B, 1).
@@ -134,7 +147,7 @@ class EfficientTAM(nn.Module):
             s = cfg.low_res_mask_size
             mask_inputs = resize_bilinear(mask_inputs, s, s, antialias=True)
         out = self.prompt_and_decode(features_bhwc, point_coords, point_labels, mask_inputs,
-                                     multimask_output)
+                                     multimask_output, point_valid=point_valid)
         low_res_multimasks = out["masks"].astype(jnp.float32)
         obj_logits = out["object_score_logits"].astype(jnp.float32)
         is_obj = obj_logits > 0  # (B, 1)

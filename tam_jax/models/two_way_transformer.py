@@ -25,7 +25,8 @@ def _attention(dim: int, heads: int, downsample_rate: int, name: str, dtype: jnp
 
 
 class TwoWayAttentionBlock(nn.Module):
-    """One block. queries (B, N, D), keys (B, HW, D), their PEs -> (queries, keys)."""
+    """One block. queries (B, N, D), keys (B, HW, D), their PEs, token_valid (B, N) bool or
+    None -> (queries, keys)."""
 
     embedding_dim: int
     num_heads: int
@@ -36,17 +37,17 @@ class TwoWayAttentionBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, queries, keys, query_pe, key_pe):
+    def __call__(self, queries, keys, query_pe, key_pe, token_valid=None):
         d, h, r, dt = self.embedding_dim, self.num_heads, self.attention_downsample_rate, self.dtype
         ln = lambda name: layers.layer_norm(name, self.eps, dtype=dt)
 
         # 1. Token self-attention (block 0: no PE, output replaces the queries).
         self_attn = _attention(d, h, 1, "self_attn", dt)
         if self.skip_first_layer_pe:
-            queries = self_attn(queries, queries, queries)
+            queries = self_attn(queries, queries, queries, key_valid_bm=token_valid)
         else:
             q = queries + query_pe
-            queries = queries + self_attn(q, q, queries)
+            queries = queries + self_attn(q, q, queries, key_valid_bm=token_valid)
         queries = ln("norm1")(queries)
 
         # 2. Tokens attend to the image.
@@ -60,7 +61,8 @@ class TwoWayAttentionBlock(nn.Module):
 
         # 4. The image attends to the tokens.
         q, k = queries + query_pe, keys + key_pe
-        keys = keys + _attention(d, h, r, "cross_attn_image_to_token", dt)(k, q, queries)
+        keys = keys + _attention(d, h, r, "cross_attn_image_to_token", dt)(
+            k, q, queries, key_valid_bm=token_valid)
         keys = ln("norm4")(keys)
         return queries, keys
 
@@ -68,14 +70,15 @@ class TwoWayAttentionBlock(nn.Module):
 class TwoWayTransformer(nn.Module):
     """`TwoWayTransformer(depth, embedding_dim, num_heads, mlp_dim)`, token-major (no NCHW).
 
-    image_bnc (B, HW, D), image_pe_bnc (B or 1, HW, D), point_bnc (B, N, D)
-    -> (queries (B, N, D), keys (B, HW, D)).
+    image_bnc (B, HW, D), image_pe_bnc (B or 1, HW, D), point_bnc (B, N, D), token_valid_bn
+    (B, N) bool or None (all valid) -> (queries (B, N, D), keys (B, HW, D)).
     """
 
     cfg: EfficientTAMConfig
 
     @nn.compact
-    def __call__(self, image_bnc: jax.Array, image_pe_bnc: jax.Array, point_bnc: jax.Array):
+    def __call__(self, image_bnc: jax.Array, image_pe_bnc: jax.Array, point_bnc: jax.Array,
+                 token_valid_bn: jax.Array | None = None):
         md = self.cfg.mask_decoder
         d, dt = self.cfg.hidden_dim, layers.compute_dtype(self.cfg.compute_dtype)
         image_pe_bnc = image_pe_bnc.astype(dt)
@@ -87,7 +90,7 @@ class TwoWayTransformer(nn.Module):
                 attention_downsample_rate=md.attention_downsample_rate,
                 skip_first_layer_pe=(i == 0), eps=md.layer_norm_eps, dtype=dt,
                 name=f"layers_{i}",
-            )(queries, keys, point_bnc, image_pe_bnc)
+            )(queries, keys, point_bnc, image_pe_bnc, token_valid_bn)
         q, k = queries + point_bnc, keys + image_pe_bnc
         queries = queries + _attention(d, md.transformer_heads, md.attention_downsample_rate,
                                        "final_attn_token_to_image", dt)(q, k, keys)

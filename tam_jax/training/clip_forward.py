@@ -9,7 +9,8 @@
 3. Initial conditioning frames (static count, `kind.init_prompts`): a GT-mask prompt is the
    output itself (`mask_as_output`); a click or a noisy box goes through the SAM heads on the
    frame's features + `no_mem_embed`, followed by `kind.corrections` correction clicks, each
-   appended to the frame's points with the previous low-res logits fed back as mask prompt.
+   appended to the frame's points with the previous low-res logits fed back as mask prompt
+   (a fixed-size click buffer, unused slots masked out of the decoder, scanned: `_correct`).
    The final mask is encoded into a conditioning memory slot.
 4. The other frames in increasing order (`lax.scan`): memory attention over the bank
    (`track.conditioned_features`, the same function inference uses), SAM heads without
@@ -76,6 +77,22 @@ def _step_terms(heads: dict, frame: _Frame, valid_n, num_objects, loss_cfg) -> d
     return {**terms, **metrics}
 
 
+def _multimask_runs(cfg, is_init_cond_frame: bool, num_points: int, n_clicks: int):
+    """Correction steps grouped by their (static) multimask choice: [(j0, j1, multimask)].
+
+    Step j sees num_points + j + 1 points, and `use_multimask` depends on that count, so the
+    steps split into runs of consecutive j with one choice (with SAM 2's training settings:
+    at most a one-step run of multimask, then single-mask steps)."""
+    runs = []
+    for j in range(n_clicks):
+        multimask = use_multimask(cfg, is_init_cond_frame, num_points + j + 1)
+        if runs and runs[-1][2] == multimask:
+            runs[-1] = (runs[-1][0], j + 1, multimask)
+        else:
+            runs.append((j, j + 1, multimask))
+    return runs
+
+
 def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_clicks: int,
              is_init_cond_frame: bool, prompt_cfg, valid_n, num_objects, loss_cfg):
     """`n_clicks` correction clicks on one frame (SAM 2's `_iter_correct_pt_sampling`).
@@ -83,21 +100,51 @@ def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_cl
     points (N, P, 2) / labels (N, P) so far (P may be 0). Each click is drawn from the error
     of the current mask (or, with prob_sample_from_gt, from the GT mask), appended, and the
     SAM heads rerun on the same conditioned features with the previous low-res logits as mask
-    prompt. Returns the last heads and the loss terms of the n_clicks new steps."""
-    terms = _zero_terms()
-    for j in range(n_clicks):
+    prompt. Returns the last heads (all of them with no clicks, else `_HEAD_KEYS`) and the
+    loss terms of the n_clicks new steps.
+
+    Why a loop and not a Python unroll: the points live in a fixed buffer of P + n_clicks
+    slots whose not-yet-clicked slots are masked out of the decoder's attention (exactly
+    absent, `point_valid`), so every step of a run has the same shapes and runs as one
+    `lax.scan` body: two traced decoder passes per frame instead of n_clicks, which is what
+    the compile time and the compiler's host memory scale with (7 clicks in SAM 2's recipe).
+    """
+    if n_clicks == 0:
+        return heads, _zero_terms()
+    n, p0 = points.shape[:2]
+    capacity = p0 + n_clicks
+    pts = jnp.concatenate([points.astype(jnp.float32),
+                           jnp.zeros((n, n_clicks, 2), jnp.float32)], axis=1)
+    lbl = jnp.concatenate([labels.astype(jnp.int32),
+                           -jnp.ones((n, n_clicks), jnp.int32)], axis=1)
+    state = (pts, lbl, {k: heads[k] for k in _HEAD_KEYS}, _zero_terms())
+
+    def click(state, j, multimask: bool):
+        """Correction step j (int or traced) -> the next state."""
+        pts, lbl, last, terms = state
         k_gt, k_pt, k_drop = jax.random.split(jax.random.fold_in(key, j), 3)
         from_gt = jax.random.uniform(k_gt) < prompt_cfg.prob_sample_from_gt  # whole batch
-        pred = heads["high_res_masks"][:, 0] > 0
+        pred = last["high_res_masks"][:, 0] > 0
         pred = jnp.where(from_gt, False, pred)  # an empty prediction = a click from the GT
         new_pt, new_lb = prompts.correction_click(k_pt, frame.gt, pred)
-        points = jnp.concatenate([points, new_pt], axis=1)
-        labels = jnp.concatenate([labels, new_lb], axis=1)
-        multimask = use_multimask(cfg, is_init_cond_frame, points.shape[1])
-        prev = jnp.transpose(heads["low_res_masks"], (0, 2, 3, 1))  # (N, 4h, 4w, 1)
-        heads = model_fn(k_drop).sam_heads(pix, points, labels, prev, multimask)
-        terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
-    return heads, terms
+        slot = p0 + j
+        pts = jax.lax.dynamic_update_slice_in_dim(pts, new_pt.astype(jnp.float32), slot, 1)
+        lbl = jax.lax.dynamic_update_slice_in_dim(lbl, new_lb.astype(jnp.int32), slot, 1)
+        valid = jnp.broadcast_to(jnp.arange(capacity) <= slot, (n, capacity))
+        prev = jnp.transpose(last["low_res_masks"], (0, 2, 3, 1))  # (N, 4h, 4w, 1)
+        out = model_fn(k_drop).sam_heads(pix, pts, lbl, prev, multimask, point_valid=valid)
+        terms = _add(terms, _step_terms(out, frame, valid_n, num_objects, loss_cfg))
+        return pts, lbl, {k: out[k] for k in _HEAD_KEYS}, terms
+
+    for j0, j1, multimask in _multimask_runs(cfg, is_init_cond_frame, p0, n_clicks):
+        if j1 - j0 == 1:
+            state = click(state, j0, multimask)
+        else:
+            state, _ = jax.lax.scan(
+                lambda st, j, mm=multimask: (click(st, j, mm), None), state,
+                jnp.arange(j0, j1, dtype=jnp.int32))
+    _, _, last, terms = state
+    return last, terms
 
 
 def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKind,
