@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import optax
 
     from tam_jax import configs
     from tam_jax.models.tam import init_params
@@ -94,8 +95,7 @@ def main(argv=None) -> dict:
     compiled = lowered.compile()
     t2 = time.perf_counter()
     (loss, _), grads = compiled(params)
-    gnorm = float(jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
-                               for g in jax.tree_util.tree_leaves(grads))))
+    gnorm = float(optax.global_norm(grads))
     mem = compiled.memory_analysis()
     result = {
         "meta": {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
