@@ -186,23 +186,29 @@ def last_result(text: str | bytes | None, mark: str) -> dict | None:
     return json.loads(found[-1][len(mark):]) if found else None
 
 
-def run_in_child(script: str | os.PathLike, case: dict, timeout: float, mark: str) -> dict:
+def run_in_child(script: str | os.PathLike, case: dict, timeout: float, mark: str,
+                 extra_env: dict[str, str] | None = None, keep_stderr: bool = False) -> dict:
     """Run `script --_case JSON` (which prints `mark` + JSON result lines) with the topology's
-    environment: no TPU backend is needed, and nothing runs, so libtpu's one-process lock is
-    moot. Returns the child's last result plus "wall_s"; after a timeout or a failed exit it
-    keeps what the child printed and adds "error" (and "stderr_tail")."""
+    environment (plus `extra_env`): no TPU backend is needed, and nothing runs, so libtpu's
+    one-process lock is moot. Returns the child's last result plus "wall_s"; after a timeout or
+    a failed exit it keeps what the child printed and adds "error" (and "stderr_tail").
+    `keep_stderr`: the child's whole stderr under "stderr" too (the compiler's log)."""
     cmd = [sys.executable, str(script), "--_case", json.dumps(case)]
-    env = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", **os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", **os.environ, "JAX_PLATFORMS": "cpu",
+           **(extra_env or {})}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:  # keep what the child printed before the compile
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
         return {**(last_result(e.stdout, mark) or {}), "wall_s": time.perf_counter() - t0,
-                "error": f"timed out after {timeout:.0f} s (trace + lower + compile)"}
+                "error": f"timed out after {timeout:.0f} s (trace + lower + compile)",
+                **({"stderr": err or ""} if keep_stderr else {})}
     wall = time.perf_counter() - t0
     res = last_result(proc.stdout, mark)
+    kept = {"stderr": proc.stderr or ""} if keep_stderr else {}
     if res is not None and proc.returncode == 0:
-        return {**res, "wall_s": wall}
+        return {**res, "wall_s": wall, **kept}
     tail = (proc.stderr or proc.stdout or "").strip()
     if proc.returncode == -signal.SIGKILL:  # its stderr ends mid-log: say what killed it
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
@@ -212,4 +218,4 @@ def run_in_child(script: str | os.PathLike, case: dict, timeout: float, mark: st
     else:
         last = tail.splitlines()[-1] if tail else ""  # the exception, not the traceback's start
         error = f"child exited {proc.returncode}: {last}"
-    return {**(res or {}), "error": error, "stderr_tail": tail[-1500:], "wall_s": wall}
+    return {**(res or {}), "error": error, "stderr_tail": tail[-1500:], "wall_s": wall, **kept}
