@@ -109,3 +109,39 @@ def test_profile_env_appends_the_dump_to_existing_flags(tmp_path):
     env = cp.profile_env(tmp_path, "--xla_force_host_platform_device_count=8")
     assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 --xla_dump_to={tmp_path}"
     assert env["TPU_VMODULE"] == "hlo_pass_pipeline=1"
+
+
+@pytest.mark.slow  # one TPU compile of a micro train step: a few minutes on 2 cores
+def test_profile_tpu_compile_script_on_a_tiny_step(tmp_path):
+    """The script end to end: libtpu's log is read (stages, bundles) and the dumped optimised
+    program is counted (fusions per model part, the frame scan kept as loops)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from tam_jax import aot
+
+    if aot.libtpu_path() is None:
+        pytest.skip("libtpu is not importable: no ahead-of-time TPU compile here")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scripts import profile_tpu_compile
+
+    out = tmp_path / "profile.json"
+    dump = tmp_path / "dump"
+    rc = profile_tpu_compile.main(["--micro", "--variant", "tiny", "--resolution", "128",
+                                   "--frames", "4", "--objects", "2", "--preset", "dp",
+                                   "--keep-dump", str(dump), "--json", str(out)])
+    res = json.loads(out.read_text())["result"]
+    assert rc == 0 and "error" not in res, res.get("error")
+    stages = res["stages_s"]
+    assert {"HLO_PASSES", "BACKEND_PASSES", "END_TO_END"} <= set(stages)
+    assert 0 < stages["BACKEND_PASSES"] < stages["END_TO_END"] <= res["compile_s"] + 1
+    assert res["bundles"] > 0 and len(res["hlo_passes_s"]) > 20
+    census = res["census"]
+    assert census["ops"]["fusion"] > 100 and census["ops"]["while"] == 2  # scan fwd + grad
+    assert census["fusions_in_loops"] > 0
+    assert {"image encoder", "mask decoder", "memory attention", "other"} <= set(
+        census["fusions_by_part"])
+    assert sum(sum(v.values()) for v in census["fusions_by_part"].values()) == \
+        census["ops"]["fusion"]
+    assert any(dump.glob("*jit_step*after_optimizations.txt"))  # --keep-dump kept it

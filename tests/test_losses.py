@@ -214,8 +214,10 @@ def test_best_mask_selection():
     got = run_jax(CFG, masks, ious, obj, tgt)
     rows = np.arange(3)
     single = run_jax(CFG, masks[rows, best][:, None], ious[rows, best][:, None], obj, tgt)
+    # (N, 3, H, W) and (N, 1, H, W) sums reduce in different orders: float32 rounding apart
+    # (4e-5 relative seen on one CPU), so a looser tolerance than the reference comparisons
     for k in ("loss_mask", "loss_dice", "loss_class"):
-        np.testing.assert_allclose(float(got[k]), float(single[k]), rtol=RTOL, err_msg=k)
+        np.testing.assert_allclose(float(got[k]), float(single[k]), rtol=2e-4, err_msg=k)
     assert float(got["loss_iou"]) != pytest.approx(float(single["loss_iou"]))
     assert_comps_close(got, run_ref(CFG, masks, ious, obj, tgt))
     _, metrics = L.step_losses_and_metrics(CFG, jnp.asarray(masks), jnp.asarray(ious),
@@ -305,3 +307,31 @@ def test_composes_with_scan_and_jit():
     per = [run_jax(CFG, *f, np.asarray(valid), num_objects=2) for f in frames]
     for k in L.TERMS:
         np.testing.assert_allclose(float(got[k]), sum(float(p[k]) for p in per), rtol=RTOL)
+
+
+def test_low_res_logits_are_upsampled_inside_the_loss():
+    """Passing the heads' low-res logits gives the losses, metrics and gradient of passing
+    their upsampling (`models.tam.upsample_masks`, what the heads return as high-res)."""
+    from tam_jax.models.tam import upsample_masks
+
+    rng = np.random.default_rng(4)
+    low = jnp.asarray(rng.normal(size=(3, 3, 16, 16)).astype(np.float32) * 3)
+    ious = jnp.asarray(rng.random((3, 3)).astype(np.float32))
+    obj = jnp.asarray(rng.normal(size=(3, 1)).astype(np.float32))
+    tgt = jnp.asarray(rng.random((3, 64, 64)) > 0.6)
+    valid = jnp.array([True, True, False])
+
+    def loss(logits, upsample_first):
+        x = upsample_masks(logits, 64) if upsample_first else logits
+        terms, metrics = L.step_losses_and_metrics(CFG, x, ious, obj, tgt, valid, 2)
+        return L.total(CFG, terms), (terms, metrics)
+
+    (l_hi, aux_hi), g_hi = jax.value_and_grad(loss, has_aux=True)(low, True)
+    (l_lo, aux_lo), g_lo = jax.value_and_grad(loss, has_aux=True)(low, False)
+    np.testing.assert_allclose(float(l_lo), float(l_hi), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(aux_lo), jax.tree.leaves(aux_hi), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    assert float(jnp.abs(g_hi).max()) > 0
+    np.testing.assert_allclose(np.asarray(g_lo), np.asarray(g_hi), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="only square low-res logits"):
+        L.step_losses_and_metrics(CFG, low[..., :8], ious, obj, tgt, valid, 2)

@@ -154,7 +154,7 @@ class EfficientTAM(nn.Module):
         if cfg.pred_obj_scores:
             low_res_multimasks = jnp.where(is_obj[:, :, None, None], low_res_multimasks,
                                            NO_OBJ_SCORE)
-        high_res_multimasks = _upsample_masks(low_res_multimasks, cfg.image_size)
+        high_res_multimasks = upsample_masks(low_res_multimasks, cfg.image_size)
         ious = out["iou_pred"].astype(jnp.float32)
         tokens = out["sam_tokens_out"]
         if multimask_output:
@@ -248,8 +248,9 @@ class EfficientTAM(nn.Module):
         return dict(first=first, second=second, masked=masked)
 
 
-def _upsample_masks(masks_bmhw: jax.Array, size: int) -> jax.Array:
-    """Bilinear (align_corners=False) upsampling of (B, M, h, w) logits to (B, M, size, size)."""
+def upsample_masks(masks_bmhw: jax.Array, size: int) -> jax.Array:
+    """Bilinear (align_corners=False) upsampling of (B, M, h, w) logits to (B, M, size, size).
+    The losses call it too, inside their checkpoint (`training/losses.py`)."""
     b, m, h, w = masks_bmhw.shape
     if (h, w) == (size, size):
         return masks_bmhw

@@ -18,13 +18,19 @@
    same correction loop (`lax.cond`), and the final mask encoded into the bank: as a
    conditioning frame if it was corrected, else into the recent ring.
 5. Every prediction step of every frame adds SAM 2's losses (`losses.py`) on its multimask
-   high-resolution logits; sums over frames and steps, divided by the global object count.
+   high-resolution logits (upsampled from the low-res ones inside the loss's checkpoint);
+   sums over frames and steps, divided by the global object count.
+
+remat_frames: each tracked frame (the scan body) and each correction step is a
+`jax.checkpoint`: activation memory of one frame / step at a time, for a second forward.
 
 The model config must be in training mode (`configs.for_training`). Shapes: images (B, T, S,
 S, 3) normalised, masks (B, T, O, S, S) bool, obj_valid (B, O) bool.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +75,16 @@ class _Frame:
         self.gt = gt.reshape((-1,) + gt.shape[2:])  # (N, S, S)
 
 
-def _step_terms(heads: dict, frame: _Frame, valid_n, num_objects, loss_cfg) -> dict:
-    """Loss terms and metric sums of one prediction step (multimask high-res logits)."""
+def _step_terms(heads: dict, frame: _Frame, valid_n, num_objects, loss_cfg,
+                logits: str = "low_res_multimasks") -> dict:
+    """Loss terms and metric sums of one prediction step (its multimask logits).
+
+    SAM heads' steps pass their low-res logits: the loss upsamples them inside its checkpoint,
+    exactly as the heads do for `high_res_multimasks`, and keeps 16x less for the gradient.
+    The mask-as-output step passes "high_res_multimasks": its high-res logits come from the
+    GT mask itself, not from an upsampling of its low-res ones."""
     terms, metrics = losses.step_losses_and_metrics(
-        loss_cfg, heads["high_res_multimasks"], heads["ious"], heads["object_score_logits"],
+        loss_cfg, heads[logits], heads["ious"], heads["object_score_logits"],
         frame.gt, valid_n, num_objects)
     return {**terms, **metrics}
 
@@ -94,7 +106,8 @@ def _multimask_runs(cfg, is_init_cond_frame: bool, num_points: int, n_clicks: in
 
 
 def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_clicks: int,
-             is_init_cond_frame: bool, prompt_cfg, valid_n, num_objects, loss_cfg):
+             is_init_cond_frame: bool, prompt_cfg, valid_n, num_objects, loss_cfg,
+             remat_steps: bool = False):
     """`n_clicks` correction clicks on one frame (SAM 2's `_iter_correct_pt_sampling`).
 
     points (N, P, 2) / labels (N, P) so far (P may be 0). Each click is drawn from the error
@@ -108,6 +121,11 @@ def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_cl
     absent, `point_valid`), so every step of a run has the same shapes and runs as one
     `lax.scan` body: two traced decoder passes per frame instead of n_clicks, which is what
     the compile time and the compiler's host memory scale with (7 clicks in SAM 2's recipe).
+
+    remat_steps: each step is a `jax.checkpoint`: the gradient keeps a step's carry (points,
+    the last low-res / high-res masks) instead of every decoder activation of every step, and
+    recomputes one step at a time. An SA-1B image batch (64 masks, 8 steps, no frame scan to
+    rematerialise) needs it to fit a chip (docs/tpu.md).
     """
     if n_clicks == 0:
         return heads, _zero_terms()
@@ -137,12 +155,13 @@ def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_cl
         return pts, lbl, {k: out[k] for k in _HEAD_KEYS}, terms
 
     for j0, j1, multimask in _multimask_runs(cfg, is_init_cond_frame, p0, n_clicks):
+        step = functools.partial(click, multimask=multimask)
+        step = jax.checkpoint(step) if remat_steps else step
         if j1 - j0 == 1:
-            state = click(state, j0, multimask)
+            state = step(state, jnp.int32(j0))
         else:
-            state, _ = jax.lax.scan(
-                lambda st, j, mm=multimask: (click(st, j, mm), None), state,
-                jnp.arange(j0, j1, dtype=jnp.int32))
+            state, _ = jax.lax.scan(lambda st, j, f=step: (f(st, j), None), state,
+                                    jnp.arange(j0, j1, dtype=jnp.int32))
     _, _, last, terms = state
     return last, terms
 
@@ -200,7 +219,8 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
         model = model_fn(k_heads)
         if prompt == "mask":
             heads = model.mask_as_output(frame.feats, frame.gt[..., None])
-            terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
+            terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg,
+                                            logits="high_res_multimasks"))
         else:
             if prompt == "box":
                 points, labels = prompts.noisy_box(k_prompt, frame.gt, prompt_cfg.box_noise,
@@ -215,7 +235,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
             terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
             heads, more = _correct(cfg, model_fn, pix, frame, heads, points, labels, k_corr,
                                    kind.corrections, True, prompt_cfg, valid_n, num_objects,
-                                   loss_cfg)
+                                   loss_cfg, remat_steps=remat_frames)
             terms = _add(terms, more)
         finals.append(heads["low_res_masks"])
         if needs_memory:
@@ -241,7 +261,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
                 empty_lbl = jnp.zeros((n, 0), jnp.int32)
                 last, more = _correct(cfg, model_fn, pix, frame, heads, empty_pts, empty_lbl,
                                       k_corr, kind.corrections, False, prompt_cfg, valid_n,
-                                      num_objects, loss_cfg)
+                                      num_objects, loss_cfg, remat_steps=remat_frames)
                 return {k: last[k] for k in _HEAD_KEYS}, more
 
             def without(_):

@@ -20,8 +20,11 @@ even when their logits are garbage (inf / nan): their inputs are replaced before
 Memory: the per-pixel work is one `jax.checkpoint`-ed function that reduces (N, M, H, W)
 logits to a handful of (N, M) sums. Under autodiff it keeps only its inputs (logits and the
 boolean targets) and recomputes the elementwise terms in the backward pass, so a `lax.scan`
-over frames x steps at 1024^2 does not stack float32 per-pixel residuals. Accumulation is
-float32 whatever the logits' dtype.
+over frames x steps at 1024^2 does not stack float32 per-pixel residuals. Given the SAM heads'
+low-res (4h x 4w) logits, it upsamples them itself, inside the checkpoint: the same bilinear
+resize the heads apply (`models.tam.upsample_masks`), so the same numbers, but what it keeps is
+16x smaller (256^2 instead of 1024^2 per mask: 64 masks x 8 prompt steps of an SA-1B image
+would otherwise hold GiBs). Accumulation is float32 whatever the logits' dtype.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from tam_jax.models.tam import upsample_masks
 
 TERMS = ("loss_mask", "loss_dice", "loss_iou", "loss_class")
 
@@ -99,10 +104,18 @@ def sigmoid_focal(logits: jax.Array, targets: jax.Array, alpha: float = 0.25,
 
 
 def _mask_stats(logits_nmhw, t_nhw, valid_n, alpha, gamma):
-    """Per-mask reductions of (N, M, H, W) logits against (N, H, W) targets -> dict of (N, M).
+    """Per-mask reductions of (N, M, h, w) logits against (N, H, W) targets -> dict of (N, M).
+    Logits smaller than the targets (square, as the heads' low-res masks) are first upsampled
+    to them with `models.tam.upsample_masks`.
 
     Padded slots see logits 0 and an empty target, so nothing non-finite reaches them.
     """
+    size = t_nhw.shape[-1]
+    if logits_nmhw.shape[-2:] != t_nhw.shape[-2:]:
+        if t_nhw.shape[-2] != size or logits_nmhw.shape[-2] != logits_nmhw.shape[-1]:
+            raise ValueError(f"logits {logits_nmhw.shape} and targets {t_nhw.shape}: only "
+                             "square low-res logits upsample to square targets")
+        logits_nmhw = upsample_masks(logits_nmhw, size)
     x = jnp.where(valid_n[:, None, None, None], logits_nmhw, 0)
     t_nhw = t_nhw & valid_n[:, None, None]
     t = t_nhw[:, None]  # (N, 1, H, W), broadcast over M
@@ -172,7 +185,9 @@ def step_losses_and_metrics(cfg: LossConfig, mask_logits: jax.Array, ious: jax.A
     """Losses and logging sums of one prediction step on one frame.
 
     Args:
-      mask_logits: (N, M, H, W) at image resolution, any float dtype (accumulated in float32).
+      mask_logits: (N, M, H, W) at image resolution, or the heads' low-res (N, M, h, h)
+        logits, upsampled here (inside the loss's checkpoint: see the module docstring); any
+        float dtype (accumulated in float32).
       ious: (N, M) predicted IoUs.
       obj_logits: (N, 1) object-score logits (ignored unless `cfg.pred_obj_scores`).
       targets: (N, H, W) bool (or 0/1) ground-truth masks.

@@ -56,7 +56,7 @@ class StepConfig:
     prompts: prompts.PromptConfig = prompts.PromptConfig()
     losses: losses.LossConfig = losses.LossConfig()
     cond_capacity: int = 2  # conditioning memory slots (>= the plan's conditioning frames)
-    remat_frames: bool = False  # rematerialise each tracked frame in the backward pass
+    remat_frames: bool = False  # rematerialise each tracked frame / correction step (backward)
     dropout: bool = True  # the memory attention's dropout (0.1 in the released config)
 
 
