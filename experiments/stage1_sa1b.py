@@ -22,6 +22,14 @@ def get_config(arg: str = "s"):
                    "layer_decay": 0.8, "clip_norm": 0.1, "schedule": "rsqrt",
                    "warmup_steps": 1_000, "cooldown_steps": 5_000, "total_steps": 90_000}
     c.train.num_steps = 90_000
+    # One image of 64 masks per chip (global batch 256 on v5e-256): the SAM heads' 8 prompt
+    # steps over 64 masks hold ~61 GiB for the gradient unless each step is rematerialised
+    # (`train.remat_frames` covers the correction steps); the ViT's remat does not matter.
+    # Measured with the TPU compiler by `scripts/tpu_plan.py` (docs/tpu.md, "Stage 1"):
+    # 11.0 GiB (Ti) / 11.7 GiB (S) per v5e chip with this setting, dp.
+    c.model.remat = "none"
+    c.train.remat_frames = True
+    c.sharding_preset = "dp"
     return c
 
 
