@@ -7,7 +7,7 @@
         [--json artifacts/profile_tpu_compile.json]
 
 Compiles the trainer's step exactly as `scripts/benchmark_train.py` does for one case (its
-`_abstract_step`: mesh, shardings, donation, AdamW state), in a child process whose libtpu logs
+`run_tpu_case`: mesh, shardings, donation, AdamW state), in a child process whose libtpu logs
 its stage durations and per-pass times and dumps the optimised HLO (`tam_jax.compile_profile`).
 Prints and writes (JSON):
 
@@ -16,7 +16,7 @@ Prints and writes (JSON):
   the backend had to compile again;
 - a census of the optimised program: fusions, loops and conditionals left, collectives, and
   the fusions per model part, forward and gradient;
-- trace + lower time, compile time, peak RSS of the child.
+- trace + lower time, compile time, the step's FLOPs (jaxpr count), peak RSS of the child.
 
 Use it before a long compile (`scripts/tpu_plan.py`, `benchmark_train.py`) to see what the time
 will follow; `--micro` (one block per stage) keeps a profile to a few minutes on 2 cores.
@@ -32,15 +32,12 @@ import platform
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tam_jax import aot, compile_profile  # noqa: E402 (jax-free at import)
-
-GIB = 2**30
-RESULT_MARK = "@@profile_tpu_compile@@"
+from scripts.benchmark_train import RESULT_MARK  # noqa: E402 (jax-free at import)
+from tam_jax import aot, compile_profile  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -48,25 +45,18 @@ def log(msg: str) -> None:
 
 
 def run_case(case: dict) -> dict:
-    """Child: trace, lower and compile one case for the topology; timings and memory."""
+    """Child: `benchmark_train.run_tpu_case` (trace, FLOP count, lower, compile for the
+    topology; memory and timings; its partial result before the compile carries the same
+    RESULT_MARK), plus the child's peak RSS."""
     from scripts import benchmark_train
 
-    aot.load_libtpu(case["libtpu_path"])
-    devices = aot.topology_devices(case["topology"])
-    t0 = time.perf_counter()
-    jitted, sharded, chips = benchmark_train._abstract_step(case, devices)
-    lowered = jitted.trace(*sharded).lower()
-    res = {"chips": chips, "lower_s": time.perf_counter() - t0,
-           "stablehlo_chars": len(lowered.as_text())}
-    print(RESULT_MARK + json.dumps(res), flush=True)  # survives a compile timeout
-    report = aot.compile_report(lowered, aot.chip_spec(devices[0]))
-    res.update({k: report[k] for k in ("compile_s", "memory", "error") if k in report})
+    res = benchmark_train.run_tpu_case(case)
     res["child_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return res
 
 
 def case_of(args) -> dict:
-    """The case dict `benchmark_train._abstract_step` reads."""
+    """The case dict `benchmark_train.run_tpu_case` reads."""
     return {"name": "video", "variant": args.variant, "resolution": args.resolution,
             "frames": args.frames, "objects": args.objects, "plan": args.plan,
             "remat": args.remat, "remat_frames": args.remat_frames == "on",
@@ -105,7 +95,8 @@ def print_table(out: dict) -> None:
     if "error" in r:
         print(f"error: {r['error'][:300]}")
     print("\n| stage | s |\n|---|---:|")
-    rows = [("trace + lower", r.get("lower_s"))] + [
+    traced = r.get("trace_s", 0.0) + r.get("lower_s", 0.0) if "lower_s" in r else None
+    rows = [("trace + FLOP count + lower", traced)] + [
         (k.lower().replace("_", " "), v) for k, v in r.get("stages_s", {}).items()] + [
         ("compile (wall, as jax sees it)", r.get("compile_s"))]
     for name, v in rows:
