@@ -167,6 +167,21 @@ def warp_mask(mask: np.ndarray, forward: np.ndarray, out_size: int,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def gather_indices(forward: np.ndarray, src_hw: tuple[int, int],
+                   out_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """For an axis-aligned forward map (resize, flip; no rotation or shear): the source rows
+    and columns (each (S,) intp) whose nearest-neighbour gather `src[rows][:, cols]` is
+    `warp_mask(src, forward, S)`. None for any other map."""
+    if forward[0, 1] != 0 or forward[1, 0] != 0:
+        return None
+    h, w = src_hw
+    inv = np.linalg.inv(forward)
+    centres = np.arange(out_size) + 0.5
+    cols = np.clip(np.floor(inv[0, 0] * centres + inv[0, 2]), 0, w - 1).astype(np.intp)
+    rows = np.clip(np.floor(inv[1, 1] * centres + inv[1, 2]), 0, h - 1).astype(np.intp)
+    return rows, cols
+
+
 def warp_mask_fortran(mask_fortran: np.ndarray, forward: np.ndarray, out_size: int,
                       out: np.ndarray | None = None) -> np.ndarray:
     """`warp_mask` for a Fortran-order (H, W) mask (what pycocotools decodes).
@@ -176,12 +191,9 @@ def warp_mask_fortran(mask_fortran: np.ndarray, forward: np.ndarray, out_size: i
     (0.9 ms for an SA-1B mask to 1024^2, against 2.3 ms for reordering + warping). Otherwise
     the mask is put in C order with OpenCV's blocked transpose (7x faster than numpy's copy)
     and warped."""
-    if forward[0, 1] == 0 and forward[1, 0] == 0:
-        h, w = mask_fortran.shape
-        inv = np.linalg.inv(forward)
-        centres = np.arange(out_size) + 0.5
-        cols = np.clip(np.floor(inv[0, 0] * centres + inv[0, 2]), 0, w - 1).astype(np.intp)
-        rows = np.clip(np.floor(inv[1, 1] * centres + inv[1, 2]), 0, h - 1).astype(np.intp)
+    picks = gather_indices(forward, mask_fortran.shape, out_size)
+    if picks is not None:
+        rows, cols = picks
         gathered = mask_fortran.T[cols][:, rows]  # (S cols, S rows): the output transposed
         if out is None:
             return np.ascontiguousarray(gathered.T)

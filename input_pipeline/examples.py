@@ -30,7 +30,7 @@ import grain
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from input_pipeline import augment, jpeg, sampling
+from input_pipeline import augment, jpeg, rle_gather, sampling
 
 NORMALIZE = ("device", "host")
 
@@ -77,31 +77,36 @@ def render(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw: tuple[i
     decoded = [jpeg.decode_at_least(f, s) for f in frames]
     frame_hw = decoded[0].shape[:2]
     masks = np.zeros((n_t, max_objects, s, s), np.uint8)
-    raw_first = [_decode_rle(c, mask_hw) for c in frame_masks[0]]
-
-    def warp_first(params):
-        fwd = augment.geometry(params, frame_hw, s)
-        mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
+    fwd = augment.geometry(params, frame_hw, s)
+    mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
+    picks = augment.gather_indices(mfwd, mask_hw, s)
+    if picks is not None:
+        # resize / flip: every mask straight from its runs to the output grid, no full-size
+        # mask (rle_gather: 0.6 ms instead of 4.1 for an SA-1B mask)
+        for t in range(n_t):
+            for k in range(n_obj):
+                rle_gather.decode_gather(frame_masks[t][k], mask_hw, *picks, out=masks[t, k])
+    else:
+        raw_first = [_decode_rle(c, mask_hw) for c in frame_masks[0]]
         for k, m in enumerate(raw_first):
             augment.warp_mask_fortran(m, mfwd, s, out=masks[0, k])
-        return fwd, mfwd
-
-    fwd, mfwd = warp_first(params)
-    if params.has_affine and any(raw_first[k].any() and not masks[0, k].any()
-                                 for k in range(n_obj)):
-        # SAM 2 (num_tentatives = 1): an affine that empties a first-frame mask is dropped
-        params = params.without_affine()
-        fwd, mfwd = warp_first(params)
+        if any(raw_first[k].any() and not masks[0, k].any() for k in range(n_obj)):
+            # SAM 2 (num_tentatives = 1): an affine that empties a first-frame mask is dropped
+            params = params.without_affine()
+            fwd = augment.geometry(params, frame_hw, s)
+            mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
+            for k, m in enumerate(raw_first):
+                augment.warp_mask_fortran(m, mfwd, s, out=masks[0, k])
+        for t in range(1, n_t):
+            for k in range(n_obj):
+                augment.warp_mask_fortran(_decode_rle(frame_masks[t][k], mask_hw), mfwd, s,
+                                          out=masks[t, k])
     images = np.empty((n_t, s, s, 3), np.uint8)
     for t in range(n_t):
         if decoded[t].shape[:2] != frame_hw:
             raise ValueError(f"frame {t} is {decoded[t].shape[:2]}, frame 0 is {frame_hw}")
         image = augment.warp_image(decoded[t], fwd, s)
         images[t] = augment.apply_colour(image, augment.frame_colour_ops(params, t))
-        if t:
-            for k in range(n_obj):
-                augment.warp_mask_fortran(_decode_rle(frame_masks[t][k], mask_hw), mfwd, s,
-                                          out=masks[t, k])
     valid = np.zeros(max_objects, bool)
     valid[:n_obj] = True
     return {
