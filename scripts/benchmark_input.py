@@ -28,8 +28,9 @@
    ceiling: how close the whole transform gets to just decoding the JPEGs. Note that the
    pipeline decodes JPEGs scaled down in the DCT domain (jpeg.decode_at_least), so for images
    larger than about twice the resolution the ratio can exceed what a full decode allows.
-   Also: a per-stage breakdown of one SA-V clip and one SA-1B image (JPEG decode, RLE decode,
-   image warp, mask warps, colour), and a short end-to-end run of `pipeline.build` (in
+   Also: a per-stage breakdown of one SA-V clip and one SA-1B image (JPEG decode; masks as
+   RLE decode + mask warps for an affine clip, or straight from their runs for a resize /
+   flip; image warp; colour), and a short end-to-end run of `pipeline.build` (in
    process, --grain-threads threads, batch 2) whose CPU per item, compared with the direct
    loop's, is the cost of the Grain wrapping.
 
@@ -282,11 +283,13 @@ def bench_dataset(source, transform, jpegs_for, repeats: int) -> dict:
 def stage_breakdown(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw, params,
                     aug, repeats: int = 3) -> dict:
     """Milliseconds per stage of `examples.render` for one item, stage by stage (the same
-    calls, best of `repeats`): JPEG decode (DCT-scaled), RLE decode, image warp, mask warps
-    (`augment.warp_mask_fortran` on pycocotools' Fortran-order masks), colour. The
+    calls, best of `repeats`): JPEG decode (DCT-scaled); the masks, either as RLE decode then
+    mask warps (`augment.warp_mask_fortran` on pycocotools' Fortran-order masks; an affine
+    map) or in one step from their runs (`rle_gather.decode_gather`; a resize / flip, as
+    `examples.render` does); image warp; colour. The
     affine-retry path is left out; each stage runs over all frames / masks at once, so the sum
     can differ from the whole transform's time (cache effects)."""
-    from input_pipeline import augment, examples, jpeg
+    from input_pipeline import augment, examples, jpeg, rle_gather
 
     s = aug.resolution
     best: dict[str, float] = {}
@@ -313,13 +316,21 @@ def stage_breakdown(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw
         return [augment.apply_colour(im, augment.frame_colour_ops(params, t))
                 for t, im in enumerate(images)]
 
+    def masks_from_runs(rows, picks):  # resize / flip: runs -> output grid (rle_gather)
+        return [rle_gather.decode_gather(c, mask_hw, *picks) for row in rows for c in row]
+
     for _ in range(repeats):
         decoded = stage("jpeg_decode", decode, frames)
-        raw = stage("rle_decode", rles, frame_masks)
         frame_hw = decoded[0].shape[:2]
         fwd = augment.geometry(params, frame_hw, s)
+        mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
+        picks = augment.gather_indices(mfwd, mask_hw, s)
+        if picks is None:  # an affine: full decode, then OpenCV's warp
+            raw = stage("rle_decode", rles, frame_masks)
+            stage("mask_warp", warp_masks, raw, mfwd)
+        else:
+            stage("masks_from_runs", masks_from_runs, frame_masks, picks)
         images = stage("image_warp", warp_images, decoded, fwd)
-        stage("mask_warp", warp_masks, raw, augment.mask_forward(fwd, frame_hw, mask_hw))
         stage("colour", colour, images)
     ms = {k: round(v * 1e3, 3) for k, v in best.items()}
     ms["total"] = round(sum(best.values()) * 1e3, 3)

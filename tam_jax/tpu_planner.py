@@ -203,11 +203,11 @@ def compile_track_case(config, device, num_objects: int, cond_capacity: int = 1)
     return res
 
 
-# Input pipeline cost per CPU core, measured (docs/benchmarks.md, "Input pipeline"): SA-V 33.9
-# frames/s (8-frame clips at 1024, SAM 2's augmentations), SA-1B 1.73 images/s as distributed
-# (1500x2250, 64 masks; 6.34 when prepared with --max_side 1024). DAVIS-style folders are
-# decoded like SA-V frames.
-PIPELINE_FRAMES_PER_CORE_S = {"sav": 33.9, "davis": 33.9, "sa1b": 1.73}
+# Input pipeline cost per CPU core, measured (docs/benchmarks.md, "Input pipeline", 2026-11-30):
+# SA-V 49.4 frames/s (8-frame clips at 1024, SAM 2's augmentations), SA-1B 11.05 images/s as
+# distributed (1500x2250, 64 masks; 14.18 when prepared with --max_side 1024). DAVIS-style
+# folders are decoded like SA-V frames.
+PIPELINE_FRAMES_PER_CORE_S = {"sav": 49.4, "davis": 49.4, "sa1b": 11.05}
 
 
 def host_input_need(source: Source, items_per_s_per_chip: float, chips_per_host: int) -> dict:
