@@ -24,11 +24,13 @@ def get_config(arg: str = "s_1"):
                    "layer_decay": 0.8, "clip_norm": 0.1, "schedule": "cosine",
                    "warmup_steps": 15_000, "total_steps": 300_000, "cosine_end_ratio": 0.1}
     c.train.num_steps = 300_000
-    # Full ViT remat + per-frame remat: S at 1024 (8 frames x 3 objects, one clip per chip)
-    # needs 5.4 GiB per v5e chip, measured with the TPU compiler (docs/benchmarks.md, "Found and
-    # fixed since"); `scripts/tpu_plan.py` finds the cheapest setting that fits a topology.
+    # Full ViT remat + per-frame remat, data parallel: S at 1024 (8 frames x 3 objects, one
+    # clip per chip, the costliest prompt plan) needs 6.78 GiB per v5e chip on v5e:16x16, Ti
+    # 6.79, measured with the TPU compiler by scripts/tpu_plan.py (docs/tpu.md, "Stage 2");
+    # without remat it needs 38 GiB. 34 M parameters: dp (replicated state) costs 0.4 GiB.
     c.model.remat = "full"
     c.train.remat_frames = True
+    c.sharding_preset = "dp"
     return c
 
 
