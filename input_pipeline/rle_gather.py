@@ -14,14 +14,17 @@ len(cols) bytes and never the full mask (0.5 ms for an SA-1B mask to 1024^2). Th
 Only axis-aligned maps (resize, flip) are a row / column gather; an affine warp still needs
 the full mask (`input_pipeline.augment.warp_mask_fortran`).
 
-The counts string must already be valid for (H, W) (`rle.check`, done at preparation): this
-is the training hot path and it does not re-validate.
+The counts string should already be valid for (H, W) (`rle.check`, done at preparation): this
+is the training hot path, so it only checks that the runs cover H x W (an `rle.RleError`
+otherwise, where pycocotools would decode garbage without a word).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from input_pipeline import rle
 
 
 def runs(counts: bytes | str) -> np.ndarray:
@@ -78,6 +81,9 @@ def decode_gather(counts: bytes | str, hw: tuple[int, int], rows: np.ndarray,
 
     lengths = runs(counts)
     bounds = np.concatenate([[0], np.cumsum(lengths)])  # run i covers [bounds[i], bounds[i+1])
+    if bounds[-1] != h * w or (lengths < 0).any():  # cheap; a full check is rle.check's job
+        raise rle.RleError(f"RLE runs cover {int(bounds[-1])} pixels, not {h} x {w} = {h * w}",
+                           "rle_size_mismatch")
     at = _before(bounds, h, cols_u, rows_s)  # sampled positions before each boundary
     # run i (value i % 2) covers sampled positions [at[i], at[i+1]) of the (unique cols,
     # sorted rows) grid in column-major order: one np.repeat writes the grid (0.06 ms for

@@ -101,3 +101,10 @@ def test_render_of_an_image_takes_the_runs_path_and_matches_the_warp():
             np.testing.assert_array_equal(out["masks"][0, k],
                                           augment.warp_mask(m.astype(np.uint8), fwd, 96) == 1)
         assert not out["masks"][0, len(masks):].any()
+
+
+def test_runs_that_do_not_cover_the_mask_are_an_error_not_garbage():
+    """pycocotools decodes such a string without a word; the training path names it."""
+    counts = _counts(np.ones((10, 12), bool))
+    with pytest.raises(rle.RleError, match="cover 120 pixels, not 10 x 13"):
+        rle_gather.decode_gather(counts, (10, 13), np.arange(10), np.arange(13))
