@@ -79,26 +79,29 @@ def render(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw: tuple[i
     masks = np.zeros((n_t, max_objects, s, s), np.uint8)
     fwd = augment.geometry(params, frame_hw, s)
     mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
-    picks = augment.gather_indices(mfwd, mask_hw, s)
-    if picks is not None:
-        # resize / flip: every mask straight from its runs to the output grid, no full-size
-        # mask (rle_gather: 0.6 ms instead of 4.1 for an SA-1B mask)
-        for t in range(n_t):
-            for k in range(n_obj):
-                rle_gather.decode_gather(frame_masks[t][k], mask_hw, *picks, out=masks[t, k])
-    else:
+    done = 0  # frames whose masks are in place
+    if augment.gather_indices(mfwd, mask_hw, s) is None:
+        # an affine: SAM 2 (num_tentatives = 1) drops it when it empties a first-frame mask,
+        # which takes the first frame's full masks
         raw_first = [_decode_rle(c, mask_hw) for c in frame_masks[0]]
         for k, m in enumerate(raw_first):
             augment.warp_mask_fortran(m, mfwd, s, out=masks[0, k])
         if any(raw_first[k].any() and not masks[0, k].any() for k in range(n_obj)):
-            # SAM 2 (num_tentatives = 1): an affine that empties a first-frame mask is dropped
             params = params.without_affine()
             fwd = augment.geometry(params, frame_hw, s)
             mfwd = augment.mask_forward(fwd, frame_hw, mask_hw)
             for k, m in enumerate(raw_first):
                 augment.warp_mask_fortran(m, mfwd, s, out=masks[0, k])
-        for t in range(1, n_t):
-            for k in range(n_obj):
+        done = 1
+    picks = augment.gather_indices(mfwd, mask_hw, s)
+    # resize / flip: every mask straight from its runs to the output grid, never a full-size
+    # mask (rle_gather: 0.6 ms instead of 4.1 for an SA-1B mask); an affine: full decode + warp
+    grid = None if picks is None else rle_gather.Grid(*picks)
+    for t in range(done, n_t):
+        for k in range(n_obj):
+            if grid is not None:
+                rle_gather.decode_gather(frame_masks[t][k], mask_hw, grid, out=masks[t, k])
+            else:
                 augment.warp_mask_fortran(_decode_rle(frame_masks[t][k], mask_hw), mfwd, s,
                                           out=masks[t, k])
     images = np.empty((n_t, s, s, 3), np.uint8)

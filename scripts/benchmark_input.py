@@ -317,7 +317,8 @@ def stage_breakdown(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw
                 for t, im in enumerate(images)]
 
     def masks_from_runs(rows, picks):  # resize / flip: runs -> output grid (rle_gather)
-        return [rle_gather.decode_gather(c, mask_hw, *picks) for row in rows for c in row]
+        grid = rle_gather.Grid(*picks)
+        return [rle_gather.decode_gather(c, mask_hw, grid) for row in rows for c in row]
 
     for _ in range(repeats):
         decoded = stage("jpeg_decode", decode, frames)

@@ -57,12 +57,13 @@ def test_decode_gather_equals_decode_then_gather(hw):
         counts = _counts(mask)
         full = coco_mask.decode({"size": [h, w], "counts": counts})
         for rows, cols in index_sets:
-            got = rle_gather.decode_gather(counts, hw, rows, cols)
+            grid = rle_gather.Grid(rows, cols)
+            got = rle_gather.decode_gather(counts, hw, grid)
             want = full[rows][:, cols]
             assert got.dtype == np.uint8 and got.flags["C_CONTIGUOUS"]
             np.testing.assert_array_equal(got, want)
             out = np.full((len(rows), len(cols)), 7, np.uint8)
-            assert rle_gather.decode_gather(counts, hw, rows, cols, out=out) is out
+            assert rle_gather.decode_gather(counts, hw, grid, out=out) is out
             np.testing.assert_array_equal(out, want)
 
 
@@ -76,7 +77,7 @@ def test_gather_indices_reproduce_the_opencv_warp(flip, src_hw):
     fwd = augment.geometry(params, src_hw, 64)
     rows, cols = augment.gather_indices(fwd, src_hw, 64)
     for mask in _masks(np.random.default_rng(1), src_hw):
-        got = rle_gather.decode_gather(_counts(mask), src_hw, rows, cols)
+        got = rle_gather.decode_gather(_counts(mask), src_hw, rle_gather.Grid(rows, cols))
         np.testing.assert_array_equal(got, augment.warp_mask(mask.astype(np.uint8), fwd, 64))
     rotated = augment.geometry(dataclasses.replace(params, angle=10.0), src_hw, 64)
     assert augment.gather_indices(rotated, src_hw, 64) is None
@@ -107,4 +108,4 @@ def test_runs_that_do_not_cover_the_mask_are_an_error_not_garbage():
     """pycocotools decodes such a string without a word; the training path names it."""
     counts = _counts(np.ones((10, 12), bool))
     with pytest.raises(rle.RleError, match="cover 120 pixels, not 10 x 13"):
-        rle_gather.decode_gather(counts, (10, 13), np.arange(10), np.arange(13))
+        rle_gather.decode_gather(counts, (10, 13), rle_gather.Grid(np.arange(10), np.arange(13)))
