@@ -51,7 +51,8 @@ def base(model_variant: str) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(
         {"seed": 0, "num_steps": 1000, "log_every": 50, "checkpoint_every": 1000,
          "keep_last": 3, "keep_every": 10_000, "eval_every": 0, "cond_capacity": 2,
-         "remat_frames": False, "dropout": True, "async_checkpoints": True})
+         "remat_frames": False, "memory_segments": 0, "dropout": True,
+         "async_checkpoints": True})
     return c
 
 

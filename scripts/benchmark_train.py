@@ -384,7 +384,7 @@ def cpu_part(args) -> dict:
     params = init_params(cfg, 0)
     opt_cfg = OptimizerConfig()
     opt = make_optimizer(opt_cfg, params, cfg)
-    step_cfg = StepConfig(model=cfg, optimizer=opt_cfg)
+    step_cfg = StepConfig(model=cfg, optimizer=opt_cfg, memory_segments=args.cpu_memory_segments)
     kind = plan_kind("mask")
     order, corrected = (jnp.asarray(a) for a in plan_arrays(args.cpu_frames, "mask"))
     batch = jax.tree.map(jnp.asarray, _synthetic_batch(args.cpu_batch, args.cpu_frames,
@@ -402,7 +402,8 @@ def cpu_part(args) -> dict:
         inputs = {"images": model_images(batch["images"], jnp.float32),
                   "masks": batch["masks"], "obj_valid": batch["obj_valid"]}
         num = jnp.sum(batch["obj_valid"], dtype=jnp.float32)
-        return clip_forward.clip_loss(cfg, params, inputs, kind, order, corrected, key, num)[0]
+        return clip_forward.clip_loss(cfg, params, inputs, kind, order, corrected, key, num,
+                                      memory_segments=args.cpu_memory_segments)[0]
 
     def encoder(params, images):
         flat = images.reshape((-1,) + images.shape[2:])
@@ -427,7 +428,7 @@ def cpu_part(args) -> dict:
                       "frames": args.cpu_frames, "objects": args.cpu_objects,
                       "batch": args.cpu_batch, "dtype": "float32", "plan": "mask",
                       "conv_impl": args.cpu_conv_impl,
-                      "micro": args.micro},
+                      "memory_segments": args.cpu_memory_segments, "micro": args.micro},
            "matmul_peak": peak, **parts}
     for part in parts.values():
         part["ratio_to_peak"] = part["flops_per_s"] / peak["flops_per_s"]
@@ -555,6 +556,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cpu.add_argument("--cpu-conv-impl", choices=("xla", "matmul"), default="matmul",
                      help="the model's conv_impl on CPU (matmul: XLA:CPU's conv weight "
                           "gradients are slow; see tam_jax.models.layers.Conv2d)")
+    cpu.add_argument("--cpu-memory-segments", type=int, default=0,
+                     help="train.memory_segments: tracked frames in this many scans, each "
+                          "attending only over the memory frames it can have (0: one scan "
+                          "over every bank slot, empty ones masked)")
     cpu.add_argument("--cpu-steps", type=int, default=5, help="timed steps")
     cpu.add_argument("--cpu-warmup", type=int, default=2, help="untimed steps after compiling")
     cpu.add_argument("--no-cpu-breakdown", action="store_true",

@@ -145,13 +145,19 @@ def drop_frame(bank: MemoryBank, frame_idx, drop_mask_b=None) -> MemoryBank:
 
 
 def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_idx,
-             num_frames, reverse: bool):
+             num_frames, reverse: bool, max_frames: int | None = None):
     """The memory the current frame attends to, with its positional encoding and key mask.
 
     Returns memory (B, M, C), memory_pos (B, M, C), key_valid (B, M) bool and the static
-    pointer-token count, with M = (Kc + R) * h * w + (Kc + P) * D / C: conditioning frames,
-    recent frames, then pointer tokens (each D-dim pointer split into D / C consecutive tokens,
-    zero PE: `add_tpos_enc_to_obj_ptrs` is off). maskmem_tpos_enc (num_maskmem, 1, 1, C).
+    pointer-token count, with M = F * h * w + (Kc + P) * D / C: F = Kc + R memory frames
+    (conditioning, then recent), then pointer tokens (each D-dim pointer split into D / C
+    consecutive tokens, zero PE: `add_tpos_enc_to_obj_ptrs` is off). maskmem_tpos_enc
+    (num_maskmem, 1, 1, C).
+
+    max_frames (static): keep only the first `max_frames` selected memory frames of each object,
+    in bank order (F = max_frames). The caller guarantees no more are selected (training knows
+    it: a clip's i-th processed frame has at most i memories), so the result is the same
+    attention without the masked keys of empty slots, which are most keys early in a clip.
     """
     b, kc, h, w, c = bank.cond_feats.shape
     r = bank.recent_feats.shape[1]
@@ -174,9 +180,18 @@ def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_
     frame_pos = jnp.concatenate([pos_cond, pos_recent], axis=1)  # (B, F, C)
     feats = jnp.concatenate([bank.cond_feats, bank.recent_feats], axis=1)  # (B, F, h, w, C)
     f = kc + r
+    valid_frames = jnp.concatenate([bank.cond_valid, recent_ok], axis=1)  # (B, F)
+    if max_frames is not None and max_frames < f:
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        # selected frames first, each group in bank order (a stable sort of "not selected")
+        keep = jnp.argsort((~valid_frames).astype(jnp.int8), axis=1, stable=True)[:, :max_frames]
+        feats = jnp.take_along_axis(feats, keep[:, :, None, None, None], axis=1)
+        frame_pos = jnp.take_along_axis(frame_pos, keep[:, :, None], axis=1)
+        valid_frames = jnp.take_along_axis(valid_frames, keep, axis=1)
+        f = max_frames
     memory_sp = feats.astype(jnp.float32).reshape(b, f * h * w, c)
     pos_sp = (spatial_pe[None, None] + frame_pos[:, :, None, :]).reshape(b, f * h * w, c)
-    valid_frames = jnp.concatenate([bank.cond_valid, recent_ok], axis=1)  # (B, F)
     valid_sp = jnp.repeat(valid_frames, h * w, axis=1)
 
     # -- object pointers: past conditioning frames, then recent frames 1 .. max_ptr - 1 away

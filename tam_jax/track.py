@@ -62,16 +62,17 @@ def frame_memory(model: EfficientTAM, features_bhwc, high_res_masks, binarize: b
 
 def conditioned_features(model: EfficientTAM, bank: MemoryBank, features_bhwc, pos_bhwc,
                          frame_idx, num_frames, *, is_init_cond_frame: bool, reverse: bool,
-                         deterministic: bool = True) -> jax.Array:
+                         deterministic: bool = True, max_frames: int | None = None) -> jax.Array:
     """The frame's features (B, h, w, d) as the SAM heads see them: + `no_mem_embed` on an
     initial conditioning frame, else after memory attention over the bank (a bound model;
-    dropout draws from its "dropout" rng when not deterministic)."""
+    dropout draws from its "dropout" rng when not deterministic). max_frames (static): at most
+    this many memory frames are selected, the rest of the bank is left out (`memory.assemble`)."""
     cfg = model.cfg
     b, h, w, d = features_bhwc.shape
     if is_init_cond_frame and cfg.directly_add_no_mem_embed:
         return features_bhwc + model.no_mem_embed.astype(features_bhwc.dtype)
     memory, memory_pos, valid, n_ptr = assemble(cfg, bank, model.maskmem_tpos_enc, frame_idx,
-                                                num_frames, reverse)
+                                                num_frames, reverse, max_frames=max_frames)
     return model.condition_on_memory(
         features_bhwc.reshape(b, h * w, d), pos_bhwc.reshape(b, h * w, d), memory, memory_pos,
         num_obj_ptr_tokens=n_ptr, key_valid_bm=valid,

@@ -162,8 +162,11 @@ PLANS = {
 }
 
 
-@pytest.mark.parametrize("plan", list(PLANS))
-def test_clip_forward_matches_official_train_mode(plan, monkeypatch):
+# memory_segments 3 on the first plan: one scan per tracked frame, each attending only over the
+# memory frames it can have (1, 2, then 3 of the bank's 8 slots), corrected frame 2 among them
+@pytest.mark.parametrize("plan,segments", [(p, 0) for p in PLANS]
+                         + [("click+extra_corrected", 3)])
+def test_clip_forward_matches_official_train_mode(plan, segments, monkeypatch):
     cfg, model, params, images, masks = _setup()
     kind, order, corrected = PLANS[plan]
     monkeypatch.setattr(prompts, "correction_click", _jax_click)
@@ -175,7 +178,7 @@ def test_clip_forward_matches_official_train_mode(plan, monkeypatch):
              "obj_valid": jnp.asarray(VALID)}
     run = jax.jit(functools.partial(
         clip_forward.clip_loss, cfg, kind=kind, prompt_cfg=prompt_cfg, loss_cfg=loss_cfg,
-        cond_capacity=2, deterministic=True, return_frames=True))
+        cond_capacity=2, deterministic=True, memory_segments=segments, return_frames=True))
     loss, aux = run(params, batch, order=jnp.asarray(order, jnp.int32),
                     corrected=jnp.asarray(corrected), key=jax.random.key(0),
                     num_objects=n_valid)

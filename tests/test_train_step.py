@@ -201,3 +201,41 @@ def test_remat_of_frames_and_correction_steps_changes_no_number():
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
         a, b = np.asarray(a), np.asarray(b)
         assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7
+
+
+@pytest.mark.slow  # two gradient compiles of the micro model
+def test_memory_segments_change_no_number():
+    """`memory_segments` (the tracked frames in several scans, each attending only over the
+    memory frames it can have) leaves the loss and every gradient as with one scan over every
+    slot. 3 frames, a click plan with a correction on tracked frame 1 (written as a
+    conditioning frame, then read by frame 2 among 2 kept frames), tiny's pooled memory
+    attention: frame 1 attends over one frame (the static unpooled path, as the official rule
+    for fewer than two frames)."""
+    import optax
+
+    from tam_jax.training import clip_forward
+
+    model_cfg, params, *_ = _setup()
+    kind = prompts.PlanKind(point_input=True, init_prompts=("click",), corrections=1)
+    prompt_cfg = prompts.PromptConfig(num_correction_points=1)
+    batch = _batch(2, t=3)
+    batch = {"images": (jnp.asarray(batch["images"], jnp.float32) - 128.0) / 64.0,
+             "masks": jnp.asarray(batch["masks"]), "obj_valid": jnp.asarray(batch["obj_valid"])}
+    order, corrected = jnp.arange(3, dtype=jnp.int32), jnp.asarray([False, True, False])
+    assert clip_forward.frame_segments(1, 3, 2, 8) == [(1, 2, 1), (2, 3, 2)]
+
+    def grads(segments):
+        f = functools.partial(clip_forward.clip_loss, model_cfg, kind=kind,
+                              prompt_cfg=prompt_cfg, deterministic=True,
+                              memory_segments=segments)
+        fn = jax.jit(jax.value_and_grad(
+            lambda p: f(p, batch, order=order, corrected=corrected, key=jax.random.key(1),
+                        num_objects=3)[0]))
+        return fn(params)
+
+    (l0, g0), (l1, g1) = grads(0), grads(2)
+    assert float(optax.global_norm(g0)) > 0
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7

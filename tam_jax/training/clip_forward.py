@@ -31,6 +31,7 @@ S, 3) normalised, masks (B, T, O, S, S) bool, obj_valid (B, O) bool.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -166,18 +167,48 @@ def _correct(cfg, model_fn, pix, frame: _Frame, heads, points, labels, key, n_cl
     return last, terms
 
 
+def frame_segments(first: int, end: int, segments: int, num_slots: int):
+    """The tracked frames' scan, split: [(a, b, max_frames)] over processing indices [first, end).
+
+    The i-th processed frame of a clip sees at most i memory frames (each processed frame
+    writes one), so a scan over [a, b) needs min(b - 1, num_slots) of the bank's `num_slots`
+    frame slots (None: all of them). One scan attends over every slot, empty ones included
+    (masked); more scans attend over fewer at the price of one more traced body each. The
+    boundaries minimise the memory keys attended, sum of (b - a) * max_frames. segments = 0:
+    one scan over every slot, whatever can be filled (the layout before this option).
+    """
+    if segments < 0:
+        raise ValueError(f"memory_segments must be >= 0, got {segments}")
+    if end <= first:
+        return []
+    if segments == 0:
+        return [(first, end, None)]
+    need = lambda a, b: min(b - 1, num_slots)
+    best = None
+    for cuts in itertools.combinations(range(first + 1, end), min(segments, end - first) - 1):
+        bounds = (first, *cuts, end)
+        pieces = list(zip(bounds[:-1], bounds[1:]))
+        cost = sum((b - a) * need(a, b) for a, b in pieces)
+        if best is None or cost < best[0]:
+            best = (cost, pieces)
+    return [(a, b, None if need(a, b) >= num_slots else need(a, b)) for a, b in best[1]]
+
+
 def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKind,
               order: jax.Array, corrected: jax.Array, key: jax.Array, num_objects,
               prompt_cfg: prompts.PromptConfig | None = None,
               loss_cfg: losses.LossConfig | None = None, cond_capacity: int = 2,
               deterministic: bool = False, remat_frames: bool = False,
-              return_frames: bool = False):
+              memory_segments: int = 0, return_frames: bool = False):
     """Loss of one batch of clips and its terms.
 
     batch: images (B, T, S, S, 3) normalised, masks (B, T, O, S, S) bool, obj_valid (B, O)
     bool. kind (static) and order / corrected (T,) come from `prompts.sample_plan`.
     num_objects: valid objects in the global batch (the loss normaliser). cond_capacity
     (static): conditioning memory slots, >= the most conditioning frames a plan can have.
+    memory_segments (static): the tracked frames run as this many scans, each attending over
+    only the memory frames that can be filled by then (`frame_segments`; same loss, fewer keys);
+    0: one scan over every slot, empty ones masked.
     Returns (loss, aux) with aux the loss terms (summed over frames and steps) and the metric
     sums of `losses.step_losses_and_metrics` (over frames and steps); with
     return_frames (static) also `low_res_masks` (T, N, 1, 4h, 4w): each frame's final mask
@@ -243,7 +274,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
             bank = write_frame(bank, f, mem, heads["obj_ptr"], is_cond=True)
 
     # -- 3. the other frames, in order, with memory
-    def track_one(carry, xs):
+    def track_one(carry, xs, max_frames):
         bank, terms = carry
         f, is_corrected, i = xs
         k_heads, k_corr = jax.random.split(jax.random.fold_in(key_scan, i))
@@ -251,7 +282,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
         model = model_fn(k_heads)
         pix = conditioned_features(model, bank, frame.feats, frame.pos, f, t_len,
                                    is_init_cond_frame=False, reverse=False,
-                                   deterministic=deterministic)
+                                   deterministic=deterministic, max_frames=max_frames)
         heads = model.sam_heads(pix, None, None, None, use_multimask(cfg, False, 0))
         terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
         final = {k: heads[k] for k in _HEAD_KEYS}
@@ -273,11 +304,12 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
         bank = write_frame_as(bank, f, mem, final["obj_ptr"], is_corrected)
         return (bank, terms), (final["low_res_masks"] if return_frames else None)
 
-    rest = t_len - kind.num_init_cond
-    if rest > 0:
-        body = jax.checkpoint(track_one) if remat_frames else track_one
-        xs = (order[kind.num_init_cond:], corrected[kind.num_init_cond:],
-              jnp.arange(kind.num_init_cond, t_len))
+    num_slots = cond_capacity + cfg.num_maskmem - 1
+    for a, b_end, max_frames in frame_segments(kind.num_init_cond, t_len, memory_segments,
+                                               num_slots):
+        body = functools.partial(track_one, max_frames=max_frames)
+        body = jax.checkpoint(body) if remat_frames else body
+        xs = (order[a:b_end], corrected[a:b_end], jnp.arange(a, b_end))
         (bank, terms), tracked = jax.lax.scan(body, (bank, terms), xs)
         if return_frames:
             finals += list(tracked)

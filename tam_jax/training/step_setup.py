@@ -63,7 +63,8 @@ def step_config(config, model_cfg: configs.EfficientTAMConfig) -> StepConfig:
         prompts=dataclass_from(prompts.PromptConfig, config.get("prompts")),
         losses=dataclass_from(losses.LossConfig, config.get("losses")),
         cond_capacity=int(tc.get("cond_capacity", 2)),
-        remat_frames=bool(tc.get("remat_frames", False)), dropout=bool(tc.get("dropout", True)))
+        remat_frames=bool(tc.get("remat_frames", False)),
+        memory_segments=int(tc.get("memory_segments", 0)), dropout=bool(tc.get("dropout", True)))
 
 
 def clip_shape(config) -> tuple[int, int]:

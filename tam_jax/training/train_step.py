@@ -57,6 +57,9 @@ class StepConfig:
     losses: losses.LossConfig = losses.LossConfig()
     cond_capacity: int = 2  # conditioning memory slots (>= the plan's conditioning frames)
     remat_frames: bool = False  # rematerialise each tracked frame / correction step (backward)
+    # tracked frames in this many scans, each attending only over the memory frames it can have
+    # (clip_forward.frame_segments); 0: one scan over every bank slot, empty ones masked
+    memory_segments: int = 0
     dropout: bool = True  # the memory attention's dropout (0.1 in the released config)
 
 
@@ -87,7 +90,8 @@ def make_train_step(cfg: StepConfig, opt: optax.GradientTransformation, kind: pr
             return clip_forward.clip_loss(
                 cfg.model, params, inputs, kind, order, corrected, key, num_objects,
                 prompt_cfg=cfg.prompts, loss_cfg=cfg.losses, cond_capacity=cfg.cond_capacity,
-                deterministic=not cfg.dropout, remat_frames=cfg.remat_frames)
+                deterministic=not cfg.dropout, remat_frames=cfg.remat_frames,
+                memory_segments=cfg.memory_segments)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
