@@ -116,6 +116,9 @@ def test_frame_segments_cover_every_frame_with_enough_slots():
                 for _a, b, k in pieces:
                     # processing index i has at most i memory frames; None = all 8 slots
                     assert (b - 1 >= 8) if k is None else k >= b - 1
+    # a long clip in many scans is a quick dynamic programme, with the fewest keys
+    pieces = frame_segments(1, 64, 8, 8)
+    assert len(pieces) == 8 and pieces[-1] == (8, 64, None)
     with pytest.raises(ValueError, match="memory_segments"):
         frame_segments(1, 8, -1, 8)
 

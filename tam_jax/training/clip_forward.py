@@ -31,7 +31,6 @@ S, 3) normalised, masks (B, T, O, S, S) bool, obj_valid (B, O) bool.
 from __future__ import annotations
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -184,14 +183,18 @@ def frame_segments(first: int, end: int, segments: int, num_slots: int):
     if segments == 0:
         return [(first, end, None)]
     need = lambda a, b: min(b - 1, num_slots)
-    best = None
-    for cuts in itertools.combinations(range(first + 1, end), min(segments, end - first) - 1):
-        bounds = (first, *cuts, end)
-        pieces = list(zip(bounds[:-1], bounds[1:]))
-        cost = sum((b - a) * need(a, b) for a, b in pieces)
-        if best is None or cost < best[0]:
-            best = (cost, pieces)
-    return [(a, b, None if need(a, b) >= num_slots else need(a, b)) for a, b in best[1]]
+    # dynamic programme over cut points (a brute force over combinations explodes for long
+    # clips): best[k][e] = (keys, pieces) of the frames [first, e) in k scans
+    n = min(segments, end - first)
+    best = {(0, first): (0, [])}
+    for k in range(1, n + 1):
+        for e in range(first + k, end + 1):
+            options = [(best[(k - 1, a)][0] + (e - a) * need(a, e), best[(k - 1, a)][1] + [(a, e)])
+                       for a in range(first + k - 1, e) if (k - 1, a) in best]
+            if options:
+                best[(k, e)] = min(options, key=lambda o: o[0])
+    pieces = best[(n, end)][1]
+    return [(a, b, None if need(a, b) >= num_slots else need(a, b)) for a, b in pieces]
 
 
 def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKind,
