@@ -184,7 +184,7 @@ def frame_segments(first: int, end: int, segments: int, num_slots: int):
         return [(first, end, None)]
     need = lambda a, b: min(b - 1, num_slots)
     # dynamic programme over cut points (a brute force over combinations explodes for long
-    # clips): best[k][e] = (keys, pieces) of the frames [first, e) in k scans
+    # clips): best[(k, e)] = (keys attended, pieces) of the frames [first, e) in k scans
     n = min(segments, end - first)
     best = {(0, first): (0, [])}
     for k in range(1, n + 1):
