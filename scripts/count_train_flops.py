@@ -38,7 +38,10 @@ def count(config, frames: int | None, objects: int | None, image: bool) -> dict:
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=1), jax.devices()[:1])
     setup = step_setup.build(config, mesh)
     if image:
-        t, o = 1, int(config.data.image.max_masks)
+        from input_pipeline import sampling
+
+        t, o = 1, step_setup.dataclass_from(sampling.ImageConfig,
+                                            config.data.get("image")).max_masks
     else:
         t, o = step_setup.clip_shape(config)
     t, o = frames or t, objects or o

@@ -166,41 +166,49 @@ def test_pooled_memory_attention_gradients_match_finite_differences():
             assert abs(analytic - numeric) <= 5e-3 * max(1.0, abs(analytic)), (analytic, numeric)
 
 
+def _click_clip_grads(corrections: int, corrected, **clip_loss_kwargs):
+    """Loss and gradients of the micro model's clip loss on a 3-frame clip of 2 x 2 objects,
+    click plan with `corrections` correction clicks on the frames `corrected` marks."""
+    from tam_jax.training import clip_forward
+
+    model_cfg, params, *_ = _setup()
+    kind = prompts.PlanKind(point_input=True, init_prompts=("click",), corrections=corrections)
+    prompt_cfg = prompts.PromptConfig(num_correction_points=corrections)
+    batch = _batch(2, t=3)
+    batch = {"images": (jnp.asarray(batch["images"], jnp.float32) - 128.0) / 64.0,
+             "masks": jnp.asarray(batch["masks"]), "obj_valid": jnp.asarray(batch["obj_valid"])}
+    order, corrected = jnp.arange(3, dtype=jnp.int32), jnp.asarray(corrected)
+    f = functools.partial(clip_forward.clip_loss, model_cfg, kind=kind, prompt_cfg=prompt_cfg,
+                          deterministic=True, **clip_loss_kwargs)
+    fn = jax.jit(jax.value_and_grad(
+        lambda p: f(p, batch, order=order, corrected=corrected, key=jax.random.key(1),
+                    num_objects=3)[0]))
+    return fn(params)
+
+
+def _assert_same_loss_and_grads(got, want):
+    """Loss to 1e-5; each gradient leaf to 1e-3 of its largest entry: recomputed or reordered
+    activations round differently in float32 (2e-5 on entries of 0.3 seen), while a term
+    dropped or doubled would be off by order 1."""
+    import optax
+
+    (l1, g1), (l0, g0) = got, want
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    assert float(optax.global_norm(g0)) > 0
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7
+
+
 @pytest.mark.slow  # two gradient compiles of the micro model with correction clicks
 def test_remat_of_frames_and_correction_steps_changes_no_number():
     """`remat_frames` (each tracked frame and each correction step a `jax.checkpoint`) trades
     memory for a second forward: the loss and every gradient equal the plain step's. Click
     plan with 2 corrections on frame 0 and on tracked frame 2 (the scanned click loop, inside
     and outside the frame scan)."""
-    import optax
-
-    from tam_jax.training import clip_forward
-
-    model_cfg, params, *_ = _setup()
-    kind = prompts.PlanKind(point_input=True, init_prompts=("click",), corrections=2)
-    prompt_cfg = prompts.PromptConfig(num_correction_points=2)
-    batch = _batch(2, t=3)
-    batch = {"images": (jnp.asarray(batch["images"], jnp.float32) - 128.0) / 64.0,
-             "masks": jnp.asarray(batch["masks"]), "obj_valid": jnp.asarray(batch["obj_valid"])}
-    order, corrected = jnp.arange(3, dtype=jnp.int32), jnp.asarray([True, False, True])
-
-    def grads(remat):
-        f = functools.partial(clip_forward.clip_loss, model_cfg, kind=kind,
-                              prompt_cfg=prompt_cfg, deterministic=True, remat_frames=remat)
-        fn = jax.jit(jax.value_and_grad(
-            lambda p: f(p, batch, order=order, corrected=corrected, key=jax.random.key(1),
-                        num_objects=3)[0]))
-        return fn(params)
-
-    (l0, g0), (l1, g1) = grads(False), grads(True)
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
-    assert float(optax.global_norm(g0)) > 0
-    # recomputed activations round differently in float32 (2e-5 on entries of 0.3 seen):
-    # each leaf must agree to 1e-3 of its largest entry; a term dropped or doubled by the
-    # remat would be off by order 1
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7
+    corrected = [True, False, True]
+    _assert_same_loss_and_grads(_click_clip_grads(2, corrected, remat_frames=True),
+                                _click_clip_grads(2, corrected, remat_frames=False))
 
 
 @pytest.mark.slow  # two gradient compiles of the micro model
@@ -211,31 +219,9 @@ def test_memory_segments_change_no_number():
     conditioning frame, then read by frame 2 among 2 kept frames), tiny's pooled memory
     attention: frame 1 attends over one frame (the static unpooled path, as the official rule
     for fewer than two frames)."""
-    import optax
-
     from tam_jax.training import clip_forward
 
-    model_cfg, params, *_ = _setup()
-    kind = prompts.PlanKind(point_input=True, init_prompts=("click",), corrections=1)
-    prompt_cfg = prompts.PromptConfig(num_correction_points=1)
-    batch = _batch(2, t=3)
-    batch = {"images": (jnp.asarray(batch["images"], jnp.float32) - 128.0) / 64.0,
-             "masks": jnp.asarray(batch["masks"]), "obj_valid": jnp.asarray(batch["obj_valid"])}
-    order, corrected = jnp.arange(3, dtype=jnp.int32), jnp.asarray([False, True, False])
     assert clip_forward.frame_segments(1, 3, 2, 8) == [(1, 2, 1), (2, 3, 2)]
-
-    def grads(segments):
-        f = functools.partial(clip_forward.clip_loss, model_cfg, kind=kind,
-                              prompt_cfg=prompt_cfg, deterministic=True,
-                              memory_segments=segments)
-        fn = jax.jit(jax.value_and_grad(
-            lambda p: f(p, batch, order=order, corrected=corrected, key=jax.random.key(1),
-                        num_objects=3)[0]))
-        return fn(params)
-
-    (l0, g0), (l1, g1) = grads(0), grads(2)
-    assert float(optax.global_norm(g0)) > 0
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7
+    corrected = [False, True, False]
+    _assert_same_loss_and_grads(_click_clip_grads(1, corrected, memory_segments=2),
+                                _click_clip_grads(1, corrected, memory_segments=0))
