@@ -18,6 +18,23 @@ frames and weights, alternating passes; then tam_jax alone with 1, 4 and 16 obje
     python scripts/benchmark.py track [--variants ...] [--frames 20] [--warmup-frames 8]
         [--repeats 2] [--objects 1 4 16] [--json artifacts/benchmark_track.json]
 
+`encoder`: the image encoder alone (ViT + neck on a preprocessed input), both sides on the
+same converted weights, alternating. `train-step` (or `train`) and `input` run
+scripts/benchmark_train.py and scripts/benchmark_input.py with their own flags; `all` runs
+encoder, track, train-step (CPU only) and input at their defaults, one after another (on a
+2-core machine that is most of an hour: track's default variants include S-1 at 1024).
+
+    python scripts/benchmark.py encoder [--variants ...] [--repeats 7]
+    python scripts/benchmark.py train-step --skip-tpu --cpu-variant efficienttam_ti ...
+    python scripts/benchmark.py all [--record]
+
+No regression: after each subcommand the suite compares its tracked figures
+(scripts/benchmark_records.py) with the last ones recorded in the table "Recorded figures"
+at the end of docs/benchmarks.md, prints both, and prints a WARNING for every figure more
+than 10 % worse. `--record` appends this run's figures to that table; `--no-check` skips the
+comparison; `--records PATH` reads / writes another file. These three go before or after the
+subcommand's own flags.
+
 Figures go into docs/benchmarks.md with the command that produced them.
 """
 
@@ -76,6 +93,43 @@ def bench_image(variant: str, repeats: int, warmup: int) -> dict:
             masks, _, _ = theirs.predict(**click)
         return masks
 
+    return _alternate(run_ours, run_theirs, repeats, warmup)
+
+
+def bench_encoder(variant: str, repeats: int, warmup: int) -> dict:
+    """Image encoder (ViT + neck) alone, float32, batch 1, one preprocessed random input."""
+    import jax
+    import numpy as np
+    import torch
+
+    from tam_jax.configs import get_config
+    from tam_jax.convert.checkpoint import official_to_params
+    from tam_jax.convert.official import build_official_model, randomize_
+    from tam_jax.models.tam import EfficientTAM
+
+    cfg = get_config(variant)
+    model = build_official_model(cfg, seed=0)
+    randomize_(model, seed=0)
+    params = official_to_params(model.state_dict(), cfg)
+    ours_model = EfficientTAM(cfg)
+    s = cfg.image_size
+    x = np.random.RandomState(0).randn(1, s, s, 3).astype(np.float32)  # NHWC, normalised
+    x_jax, x_torch = jax.device_put(x), torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    encode = jax.jit(lambda p, im: ours_model.apply({"params": p}, im,
+                                                    method=EfficientTAM.encode_image))
+
+    def run_ours():
+        return jax.block_until_ready(encode(params, x_jax))
+
+    def run_theirs():
+        with torch.inference_mode():
+            return model.image_encoder(x_torch)
+
+    return _alternate(run_ours, run_theirs, repeats, warmup)
+
+
+def _alternate(run_ours, run_theirs, repeats: int, warmup: int) -> dict:
+    """Time both sides alternating (official first) after a first call and warm-ups."""
     t0 = time.perf_counter()
     run_ours()
     compile_s = time.perf_counter() - t0
@@ -218,72 +272,28 @@ def main_track(args, argv) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["input"]:  # input pipeline throughput: its own script and flags
-        from scripts import benchmark_input
-
-        return benchmark_input.main(argv[1:])
-    if argv[:1] == ["train"]:  # train-step memory / FLOPs (TPU AOT) and CPU FLOP/s: own flags
-        from scripts import benchmark_train
-
-        return benchmark_train.main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="image",
-                        choices=["image", "track", "input", "train"],
-                        help="image: encode + one prediction; track: video tracking per frame; "
-                             "input: input pipeline per core (scripts/benchmark_input.py; "
-                             "`input --help` for its flags); train: train-step memory and "
-                             "FLOPs on TPU v5e ahead of time and FLOP/s on this CPU "
-                             "(scripts/benchmark_train.py; `train --help` for its flags)")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"image default {list(DEFAULT_VARIANTS)}; "
-                             f"track default {list(TRACK_VARIANTS)}")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs (passes for track) per side; default image 7, track 2")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per side")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--json", default=None,
-                        help="output (default artifacts/benchmark_<what>.json)")
-    parser.add_argument("--frames", type=int, default=20, help="track: video length")
-    parser.add_argument("--warmup-frames", type=int, default=8,
-                        help="track: untimed frames at the start of each pass (memory filling)")
-    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
-                        help="track: object counts timed for tam_jax")
-    args = parser.parse_args(argv)
-    if args.what in ("input", "train"):
-        parser.error(f"`{args.what}` takes its own flags: put it first "
-                     f"(benchmark.py {args.what} --help)")
-    if args.what == "track":
-        args.variants = args.variants or list(TRACK_VARIANTS)
-        args.repeats = args.repeats or 2
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        return main_track(args, argv)
-    args.variants = args.variants or list(DEFAULT_VARIANTS)
-    args.repeats = args.repeats or 7
-    args.json = args.json or "artifacts/benchmark_image.json"
-
+def _side_by_side_main(args, argv) -> int:
+    """`image` / `encoder`: tam_jax vs official per variant, a table and JSON."""
     import jax
     import torch
 
+    bench = bench_image if args.what == "image" else bench_encoder
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}
     for v in args.variants:
-        print(f"[benchmark] {v}: building, converting, compiling ...", flush=True)
-        results[v] = bench_image(v, args.repeats, args.warmup)
+        print(f"[benchmark {args.what}] {v}: building, converting, compiling ...", flush=True)
+        results[v] = bench(v, args.repeats, args.warmup)
+    what = ("set_image + predict(1 click, multimask), 480x640 uint8 image, float32"
+            if args.what == "image" else
+            "image encoder (ViT + neck), one preprocessed image, float32")
     meta = {
-        "what": "set_image + predict(1 click, multimask), 480x640 uint8 image, float32",
+        "what": what,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats, "warmup": args.warmup,
-        "command": "python scripts/benchmark.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python scripts/benchmark.py " + " ".join(argv),
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +309,121 @@ def main(argv=None) -> int:
               f"{r['tam_jax_first_call_s']:>14.1f}")
     print(f"\nratio = tam_jax median / official median (target <= 1.0); JSON: {out}")
     return 0
+
+
+SUBCOMMANDS = ("image", "encoder", "track", "train-step", "train", "input", "all")
+# `all`: each part at its defaults (train-step on the CPU only: the TPU part is tpu_plan's).
+ALL_PARTS = (("encoder", []), ("track", []), ("train-step", ["--skip-tpu"]), ("input", []))
+
+
+def _json_flag(argv: list[str], default: str) -> str:
+    for i, a in enumerate(argv):
+        if a == "--json" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--json="):
+            return a.split("=", 1)[1]
+    return default
+
+
+def run_one(what: str, argv: list[str]) -> tuple[int, str]:
+    """Run one subcommand with its own flags; returns (exit code, its JSON path)."""
+    if what == "input":
+        from scripts import benchmark_input
+
+        return benchmark_input.main(argv), _json_flag(argv, "artifacts/benchmark_input.json")
+    if what in ("train", "train-step"):
+        from scripts import benchmark_train
+
+        return benchmark_train.main(argv), _json_flag(argv, "artifacts/benchmark_train.json")
+    parser = argparse.ArgumentParser(prog=f"benchmark.py {what}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help=f"image / encoder default {list(DEFAULT_VARIANTS)}; "
+                             f"track default {list(TRACK_VARIANTS)}")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs (passes for track) per side; default 7, track 2")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per side")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--json", default=f"artifacts/benchmark_{what}.json", help="output")
+    parser.add_argument("--frames", type=int, default=20, help="track: video length")
+    parser.add_argument("--warmup-frames", type=int, default=8,
+                        help="track: untimed frames at the start of each pass (memory filling)")
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
+                        help="track: object counts timed for tam_jax")
+    args = parser.parse_args(argv)
+    args.what = what
+    if what == "track":
+        args.variants = args.variants or list(TRACK_VARIANTS)
+        args.repeats = args.repeats or 2
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return main_track(args, [what, *argv]), args.json
+    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    args.repeats = args.repeats or 7
+    return _side_by_side_main(args, [what, *argv]), args.json
+
+
+def check(what: str, json_path: str, records_path: str, record: bool, command: str) -> list[str]:
+    """Compare a finished subcommand's figures with the recorded ones; print; maybe record."""
+    from scripts import benchmark_records as br
+
+    figures = br.figures_of(what, json.loads(Path(json_path).read_text()))
+    if not figures:
+        print(f"[benchmark {what}] no tracked figures in {json_path}")
+        return []
+    records = br.read_records(records_path)
+    print(f"\n[benchmark {what}] against the last figures recorded in {records_path}:")
+    print(br.comparison_table(figures, records))
+    warnings = br.regressions(figures, records)
+    for w in warnings:
+        print(w)
+    if not warnings:
+        print(f"no figure more than {br.TOLERANCE:.0%} worse than its record")
+    if record:
+        br.append_records(records_path, figures, command)
+        print(f"recorded {len(figures)} figure(s) in {records_path}")
+    return warnings
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(
+        prog="benchmark.py", add_help=False, allow_abbrev=False, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="benchmark.py {" + ",".join(SUBCOMMANDS) + "} [its flags] [--record] "
+              "[--no-check] [--records PATH]")
+    pre.add_argument("--record", action="store_true",
+                     help="append this run's figures to the records table")
+    pre.add_argument("--no-check", action="store_true",
+                     help="do not compare with the recorded figures")
+    pre.add_argument("--records", default="docs/benchmarks.md",
+                     help="the Markdown file whose 'Recorded figures' table is read / written")
+    known, rest = pre.parse_known_args(argv)
+    what = rest[0] if rest and not rest[0].startswith("-") else None
+    if what is None:
+        if any(a in ("-h", "--help") for a in rest):
+            pre.print_help()
+            return 0
+        what, rest = "image", ["image", *rest]  # the historical default
+    if what not in SUBCOMMANDS:
+        pre.error(f"unknown benchmark {what!r}: choose from {', '.join(SUBCOMMANDS)}")
+    parts = ALL_PARTS if what == "all" else ((what, rest[1:]),)
+    if what == "all" and rest[1:]:
+        pre.error("`all` runs each part at its defaults and takes no other flags than "
+                  "--record / --no-check / --records")
+    warnings, code = [], 0
+    for part, part_argv in parts:
+        rc, json_path = run_one(part, part_argv)
+        code = code or rc
+        if rc == 0 and not known.no_check and Path(json_path).exists():
+            command = "python scripts/benchmark.py " + " ".join([part, *part_argv])
+            warnings += check(part, json_path, known.records, known.record, command)
+    if warnings:
+        print(f"\n{len(warnings)} regression warning(s): see above")
+    return code
 
 
 if __name__ == "__main__":
