@@ -135,3 +135,15 @@ def test_suite_prints_a_warning_and_records(tmp_path, monkeypatch, capsys):
         benchmark.main(["all", "--frames", "4"])
     with pytest.raises(SystemExit):
         benchmark.main(["nope"])
+
+
+@pytest.mark.slow  # builds the official Ti-512 and compiles our encoder: ~20 s on 2 cores
+def test_encoder_benchmark_runs_both_sides():
+    pytest.importorskip("torch")
+    res = benchmark.bench_encoder("efficienttam_ti_512x512", repeats=1, warmup=0)
+    for side in ("tam_jax", "official"):
+        assert len(res[side]["samples_s"]) == 1 and res[side]["median_s"] > 0
+    assert res["ratio_tam_jax_over_official"] == pytest.approx(
+        res["tam_jax"]["median_s"] / res["official"]["median_s"])
+    (enc_ms, ratio) = br.figures_of("encoder", {"results": {"ti": res}})
+    assert enc_ms.value == pytest.approx(res["tam_jax"]["median_s"] * 1e3)
