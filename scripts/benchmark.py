@@ -316,25 +316,17 @@ SUBCOMMANDS = ("image", "encoder", "track", "train-step", "train", "input", "all
 ALL_PARTS = (("encoder", []), ("track", []), ("train-step", ["--skip-tpu"]), ("input", []))
 
 
-def _json_flag(argv: list[str], default: str) -> str:
-    for i, a in enumerate(argv):
-        if a == "--json" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--json="):
-            return a.split("=", 1)[1]
-    return default
-
-
 def run_one(what: str, argv: list[str]) -> tuple[int, str]:
     """Run one subcommand with its own flags; returns (exit code, its JSON path)."""
     if what == "input":
         from scripts import benchmark_input
 
-        return benchmark_input.main(argv), _json_flag(argv, "artifacts/benchmark_input.json")
+        # the JSON path as the script's own parser reads it (its default, abbreviations)
+        return benchmark_input.main(argv), benchmark_input.parse_args(argv).json
     if what in ("train", "train-step"):
         from scripts import benchmark_train
 
-        return benchmark_train.main(argv), _json_flag(argv, "artifacts/benchmark_train.json")
+        return benchmark_train.main(argv), benchmark_train.parse_args(argv).json
     parser = argparse.ArgumentParser(prog=f"benchmark.py {what}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=None,
