@@ -18,6 +18,10 @@ frames and weights, alternating passes; then tam_jax alone with 1, 4 and 16 obje
     python scripts/benchmark.py track [--variants ...] [--frames 20] [--warmup-frames 8]
         [--repeats 2] [--objects 1 4 16] [--json artifacts/benchmark_track.json]
 
+It also counts the matmul GFLOP of one full-memory frame per object count (image encoder once
++ the track step of every object; `--flops-only` counts them without timing anything): on a
+CPU that one object keeps busy, their n/1 ratio is the floor of the measured n/1 time ratio.
+
 `encoder`: the image encoder alone (ViT + neck on a preprocessed input), both sides on the
 same converted weights, alternating. `train-step` (or `train`) and `input` run
 scripts/benchmark_train.py and scripts/benchmark_input.py with their own flags; `all` runs
@@ -41,6 +45,7 @@ Figures go into docs/benchmarks.md with the command that produced them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -177,7 +182,7 @@ def _timed_pass(frames_iter, warmup_frames: int) -> list[float]:
 
 
 def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
-                objects: list[int], folder: Path) -> dict:
+                objects: list[int], folder: Path, flops_only: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -212,6 +217,9 @@ def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
     def pass_ours(n_obj=1):
         return _timed_pass(ours.propagate_in_video(session_ours(n_obj)), warmup_frames)
 
+    if flops_only:  # no timing: one pass per object count, its last frame's FLOPs
+        return {"gflop_per_frame": {n: _frame_gflop(ours, lambda n=n: pass_ours(n))
+                                    for n in objects}}
     t0 = time.perf_counter()
     pass_ours()  # compiles
     first = time.perf_counter() - t0
@@ -224,11 +232,54 @@ def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
     res["ratio_tam_jax_over_official"] = res["tam_jax"]["median_s"] / res["official"]["median_s"]
     res["tam_jax_first_pass_s"] = first
     res["tam_jax_objects"] = {}
+    res["gflop_per_frame"] = {}
     for n in objects:
         if n != 1:
             pass_ours(n)  # compiles for this object count
         res["tam_jax_objects"][n] = _stats(sum((pass_ours(n) for _ in range(repeats)), []))
+        res["gflop_per_frame"][n] = _frame_gflop(ours, lambda n=n: pass_ours(n))
     return res
+
+
+def _frame_gflop(predictor, run_pass) -> dict:
+    """The matmul / convolution GFLOP of one tracked frame (full memory), read off the jaxprs
+    of the two jitted calls a frame makes: the image encoder (shared by all objects) and the
+    track step (every object). Runs one more untimed pass to capture their arguments.
+
+    Why: on a CPU that one object already keeps busy, time grows with FLOPs, so
+    (encoder + n x per-object) / (encoder + per-object) bounds the n-object cost ratio that
+    batching objects can reach; the table prints it next to the measured ratio."""
+    import jax
+
+    from tam_jax import flops
+
+    seen = {}
+
+    def spy(name):
+        real = getattr(predictor, name)
+
+        def call(*args, **kwargs):
+            # the last call of the pass: the memory is full (bank donated, so shapes only)
+            seen[name] = (real, jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x,
+                args), kwargs)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("_encode_frame", "_track_frame"):
+        setattr(predictor, name, spy(name))
+    try:
+        run_pass()
+    finally:
+        for name in ("_encode_frame", "_track_frame"):
+            delattr(predictor, name)  # back to the class's jitted methods
+    out = {}
+    for name, key in (("_encode_frame", "encoder"), ("_track_frame", "track_step")):
+        real, args, kwargs = seen[name]
+        counted = flops.count_flops(jax.make_jaxpr(functools.partial(real, **kwargs))(*args))
+        out[key] = counted["flops_high"] / 1e9
+    out["total"] = out["encoder"] + out["track_step"]
+    return out
 
 
 def main_track(args, argv) -> int:
@@ -244,10 +295,12 @@ def main_track(args, argv) -> int:
         for v in args.variants:
             print(f"[benchmark track] {v}: building, converting, compiling ...", flush=True)
             results[v] = bench_track(v, args.frames, args.warmup_frames, args.repeats,
-                                     args.objects, folder)
+                                     args.objects, folder, flops_only=args.flops_only)
     meta = {
-        "what": "video tracking: seconds per frame, 480x640 JPEG frames, 1 click on frame 0, "
-                "forward propagation, float32",
+        "what": ("video tracking: seconds per frame, 480x640 JPEG frames, 1 click on frame 0, "
+                 "forward propagation, float32"
+                 + ("; --flops-only: matmul GFLOP per frame, no timing" if args.flops_only
+                    else "")),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -258,17 +311,33 @@ def main_track(args, argv) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     objs = "".join(f"{f'{n} obj ms':>11}" for n in args.objects)
+    hi, lo = max(args.objects), min(args.objects)
+    if args.flops_only:
+        print(f"\n{'variant':<26}" + "".join(f"{f'{n} obj GFLOP':>14}" for n in args.objects)
+              + f"{f'{hi}/{lo}':>7}   (per frame, full memory: encoder + track step)")
+        for v, r in results.items():
+            g = r["gflop_per_frame"]
+            print(f"{v:<26}" + "".join(f"{g[n]['total']:>14.1f}" for n in args.objects)
+                  + f"{g[hi]['total'] / g[lo]['total']:>7.2f}   encoder "
+                  f"{g[lo]['encoder']:.1f}, track step per object {g[lo]['track_step'] / lo:.1f}")
+        print(f"\nJSON: {out}")
+        return 0
     print(f"\n{'variant':<26}{'official ms':>13}{'tam_jax ms':>12}{'ratio':>8}{objs}"
-          f"{'16/1':>7}")
+          f"{f'{hi}/{lo}':>7}{'FLOP ' + f'{hi}/{lo}':>11}")
     for v, r in results.items():
-        per = r["tam_jax_objects"]
+        per, gflop = r["tam_jax_objects"], r["gflop_per_frame"]
         cells = "".join(f"{per[n]['median_s'] * 1e3:>11.1f}" for n in args.objects)
-        scale = (per[max(args.objects)]["median_s"] / per[min(args.objects)]["median_s"])
+        scale = per[hi]["median_s"] / per[lo]["median_s"]
         print(f"{v:<26}{r['official']['median_s'] * 1e3:>13.1f}"
               f"{r['tam_jax']['median_s'] * 1e3:>12.1f}"
-              f"{r['ratio_tam_jax_over_official']:>8.2f}{cells}{scale:>7.2f}")
-    print(f"\nper-frame medians; ratio = tam_jax / official (target <= 1.0); "
-          f"{max(args.objects)}/{min(args.objects)} objects target <= 4; JSON: {out}")
+              f"{r['ratio_tam_jax_over_official']:>8.2f}{cells}{scale:>7.2f}"
+              f"{gflop[hi]['total'] / gflop[lo]['total']:>11.2f}")
+        print(f"{'':<26}GFLOP per frame (encoder + track step): " + ", ".join(
+            f"{n} obj {gflop[n]['encoder']:.1f} + {gflop[n]['track_step']:.1f}"
+            for n in args.objects))
+    print(f"\nper-frame medians; ratio = tam_jax / official (target <= 1.0); {hi}/{lo} objects "
+          f"target <= 4; 'FLOP {hi}/{lo}': the same ratio of matmul FLOPs, the floor of the "
+          f"time ratio where one object already keeps the cores busy; JSON: {out}")
     return 0
 
 
@@ -343,6 +412,10 @@ def run_one(what: str, argv: list[str]) -> tuple[int, str]:
                         help="track: untimed frames at the start of each pass (memory filling)")
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
                         help="track: object counts timed for tam_jax")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="track: no timing and no official model; the matmul GFLOP of "
+                             "one frame for each --objects count (the floor of the time "
+                             "ratio where one object keeps the cores busy)")
     args = parser.parse_args(argv)
     args.what = what
     if what == "track":

@@ -61,6 +61,7 @@ def _side_by_side(what: str, results: dict, unit: str) -> list[Figure]:
 
 
 def _track(results: dict) -> list[Figure]:
+    results = {v: r for v, r in results.items() if "tam_jax" in r}  # --flops-only: no times
     out = _side_by_side("track", results, "ms/frame")
     for variant, r in results.items():
         for n, stats in r.get("tam_jax_objects", {}).items():

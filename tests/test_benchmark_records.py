@@ -147,3 +147,32 @@ def test_encoder_benchmark_runs_both_sides():
         res["tam_jax"]["median_s"] / res["official"]["median_s"])
     (enc_ms, ratio) = br.figures_of("encoder", {"results": {"ti": res}})
     assert enc_ms.value == pytest.approx(res["tam_jax"]["median_s"] * 1e3)
+
+
+def test_track_benchmark_counts_frame_flops(tmp_path):
+    """The track benchmark's FLOP floor: the encoder is counted once per frame whatever the
+    object count, the track step linearly in objects (every per-object matmul runs once per
+    object; the few computed once per call, such as the pointers' temporal-position
+    projection, are ~1e-4 of it), so 3 objects cost (E + 3P) / (E + P) in FLOPs."""
+    from tam_jax.configs import get_config
+    from tam_jax.models.tam import init_params
+    from tam_jax.video_predictor import VideoPredictor
+
+    cfg = get_config("tiny")
+    pred = VideoPredictor(cfg, init_params(cfg, 0), progress=False)
+    folder = tmp_path / "video"
+    benchmark._write_jpeg_video(folder, 4, h=96, w=128)
+
+    def run(n):
+        state = pred.init_state(str(folder))
+        for k in range(n):
+            pred.add_new_points_or_box(state, 0, k, points=[[20.0 + 30 * k, 40.0]], labels=[1])
+        for _ in pred.propagate_in_video(state):
+            pass
+
+    one, three = (benchmark._frame_gflop(pred, lambda n=n: run(n)) for n in (1, 3))
+    assert one["encoder"] == three["encoder"] > 0
+    assert three["track_step"] == pytest.approx(3 * one["track_step"], rel=1e-3)
+    assert one["total"] == pytest.approx(one["encoder"] + one["track_step"])
+    assert "_track_frame" not in vars(pred)  # the spies are gone: the jitted methods are back
+    run(1)
