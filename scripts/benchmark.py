@@ -48,7 +48,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -182,7 +181,8 @@ def _timed_pass(frames_iter, warmup_frames: int) -> list[float]:
 
 
 def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
-                objects: list[int], folder: Path, flops_only: bool = False) -> dict:
+                objects: list[int], folder: Path, flops_only: bool = False,
+                conv_impl: str | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -199,7 +199,8 @@ def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
     official = build_official_model(cfg, seed=0, video=True)
     randomize_(official, seed=0)
     make_objects_present_(official)  # object present on every frame: the full path is timed
-    ours = VideoPredictor(cfg, official_to_params(official.state_dict(), cfg), progress=False)
+    ours = VideoPredictor(cfg, official_to_params(official.state_dict(), cfg), progress=False,
+                          conv_impl=conv_impl)
     clicks = [np.array([[200.0 + 25 * (k % 8), 240.0 + 40 * (k // 8)]]) for k in range(16)]
 
     def session_ours(n_obj):
@@ -288,6 +289,8 @@ def main_track(args, argv) -> int:
     import jax
     import torch
 
+    from scripts.benchmark_input import cpu_model
+
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "video"
@@ -295,16 +298,18 @@ def main_track(args, argv) -> int:
         for v in args.variants:
             print(f"[benchmark track] {v}: building, converting, compiling ...", flush=True)
             results[v] = bench_track(v, args.frames, args.warmup_frames, args.repeats,
-                                     args.objects, folder, flops_only=args.flops_only)
+                                     args.objects, folder, flops_only=args.flops_only,
+                                     conv_impl=args.conv_impl)
     meta = {
         "what": ("video tracking: seconds per frame, 480x640 JPEG frames, 1 click on frame 0, "
                  "forward propagation, float32"
                  + ("; --flops-only: matmul GFLOP per frame, no timing" if args.flops_only
                     else "")),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus",
         "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "frames": args.frames, "warmup_frames": args.warmup_frames, "repeats": args.repeats,
+        "conv_impl": args.conv_impl or "predictor default (matmul on CPU)",
         "command": "python scripts/benchmark.py " + " ".join(argv or sys.argv[1:]),
     }
     out = Path(args.json or "artifacts/benchmark_track.json")
@@ -346,6 +351,8 @@ def _side_by_side_main(args, argv) -> int:
     import jax
     import torch
 
+    from scripts.benchmark_input import cpu_model
+
     bench = bench_image if args.what == "image" else bench_encoder
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -358,7 +365,7 @@ def _side_by_side_main(args, argv) -> int:
             "image encoder (ViT + neck), one preprocessed image, float32")
     meta = {
         "what": what,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus",
         "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats, "warmup": args.warmup,
@@ -412,6 +419,9 @@ def run_one(what: str, argv: list[str]) -> tuple[int, str]:
                         help="track: untimed frames at the start of each pass (memory filling)")
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16],
                         help="track: object counts timed for tam_jax")
+    parser.add_argument("--conv-impl", choices=("xla", "matmul"), default=None,
+                        help="track: tam_jax's convolutions (default: the predictor's choice, "
+                             "matmul on CPU)")
     parser.add_argument("--flops-only", action="store_true",
                         help="track: no timing and no official model; the matmul GFLOP of "
                              "one frame for each --objects count (the floor of the time "

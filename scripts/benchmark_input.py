@@ -472,7 +472,9 @@ def _versions() -> dict:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows: benchmark figures
+    depend on it, and this machine's host CPU changes between sessions."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -486,7 +488,7 @@ def meta(args, argv, load_start) -> dict:
     return {
         "what": "input pipeline throughput per CPU core (one process, one thread) vs the JPEG "
                 "decode ceiling; synthetic SA-V / SA-1B prepared with input_pipeline.prepare",
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cpus",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cpus",
         "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
         "versions": _versions(),
         "command": "python scripts/benchmark_input.py " + " ".join(

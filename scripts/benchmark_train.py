@@ -503,7 +503,9 @@ def meta(argv: list[str], libtpu_path: str | None) -> dict:
     import jax
     import optax
 
-    out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+    from scripts.benchmark_input import cpu_model
+
+    out = {"machine": f"{cpu_model()}, {os.cpu_count()} cpus",
            "cpus_usable": len(os.sched_getaffinity(0)), "python": platform.python_version(),
            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
            "date": datetime.date.today().isoformat(),

@@ -11,6 +11,7 @@ Each distinct (image size, prompt shape) compiles once; later calls reuse the co
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -24,6 +25,23 @@ from tam_jax.models.tam import EfficientTAM, init_params, resize_bilinear
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def with_conv_impl(cfg: EfficientTAMConfig, conv_impl: str | None = None) -> EfficientTAMConfig:
+    """The config a predictor compiles: `conv_impl` given, it is used; None ("auto") keeps the
+    config's choice except that the default "xla" becomes "matmul" on a CPU backend.
+
+    Why: XLA:CPU runs the memory encoder's convolutions with few channels (the mask
+    downsampler's strided 3x3 convolutions on the full-resolution mask: 1 -> 4 -> 16 channels)
+    far below its matmul rate; as strided slices + one matmul (`conv_impl="matmul"`, equal to
+    float rounding: tests/test_conv_impl.py) the memory encoder of a 512 model takes 77 ms
+    instead of 158 per object and frame (docs/benchmarks.md). TPUs and GPUs keep XLA's
+    convolutions."""
+    if conv_impl is None:
+        if cfg.conv_impl != "xla" or jax.default_backend() != "cpu":
+            return cfg
+        conv_impl = "matmul"
+    return dataclasses.replace(cfg, conv_impl=conv_impl)
 
 
 def preprocess_image(image_hwc_uint8: jax.Array, image_size: int) -> jax.Array:
