@@ -47,7 +47,7 @@
    jnp.dot, --peak-n 2048, median of --peak-repeats, FLOP/s = 2 n^3 / t; measured before and
    after the step timing, since the machine is shared; the median of both is used). To see
    where the time goes, the forward alone (the clip loss, no gradient) and the image encoder
-   alone are timed the same way. Target: train step >= 30 % of the matmul peak.
+   alone are timed the same way. Target: train step >= 40 % of the matmul peak.
 
 Prints tables and writes JSON (meta: machine, versions, command; tpu: per case; cpu). `--micro`
 cuts every model to one block per stage (tests only: compile time grows with the op count).
@@ -76,7 +76,7 @@ RESULT_MARK = "@@benchmark_train_case@@"
 # (the same cut as tests/test_train_step.py).
 MICRO = {"vit.depth": 2, "vit.global_att_blocks": (1,), "memory_attention.num_layers": 1,
          "mask_decoder.transformer_depth": 1, "memory_encoder.fuser_layers": 1}
-TARGET_CPU_RATIO = 0.30
+TARGET_CPU_RATIO = 0.40  # issue 8 (issue 5, the trainer, asked for 30 %)
 
 
 def log(msg: str) -> None:
