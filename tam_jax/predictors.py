@@ -34,8 +34,8 @@ def with_conv_impl(cfg: EfficientTAMConfig, conv_impl: str | None = None) -> Eff
     Why: XLA:CPU runs the memory encoder's convolutions with few channels (the mask
     downsampler's strided 3x3 convolutions on the full-resolution mask: 1 -> 4 -> 16 channels)
     far below its matmul rate; as strided slices + one matmul (`conv_impl="matmul"`, equal to
-    float rounding: tests/test_conv_impl.py) the memory encoder of a 512 model takes 77 ms
-    instead of 158 per object and frame (docs/benchmarks.md). TPUs and GPUs keep XLA's
+    float rounding: tests/test_conv_impl.py) the memory encoder of a 512 model takes 43 ms
+    instead of 127 per object and frame (docs/benchmarks.md). TPUs and GPUs keep XLA's
     convolutions."""
     if conv_impl is None:
         if cfg.conv_impl != "xla" or jax.default_backend() != "cpu":

@@ -54,7 +54,7 @@ class VideoPredictor:
                  conv_impl: str | None = None):
         """conv_impl: how convolutions compile ("xla" / "matmul"); None: "matmul" on a CPU
         backend when the config says "xla", else the config's (`predictors.with_conv_impl`:
-        the same numbers to float rounding, the memory encoder 2x faster on CPU)."""
+        the same numbers to float rounding, the memory encoder ~3x faster on CPU)."""
         cfg = with_conv_impl(cfg, conv_impl)
         self.cfg = cfg
         self.params = jax.device_put(params)

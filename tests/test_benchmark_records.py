@@ -150,7 +150,7 @@ def test_encoder_benchmark_runs_both_sides():
 
 
 def test_track_benchmark_counts_frame_flops(tmp_path):
-    """The track benchmark's FLOP floor: the encoder is counted once per frame whatever the
+    """The track benchmark's FLOP ratio: the encoder is counted once per frame whatever the
     object count, the track step linearly in objects (every per-object matmul runs once per
     object; the few computed once per call, such as the pointers' temporal-position
     projection, are ~1e-4 of it), so 3 objects cost (E + 3P) / (E + P) in FLOPs."""
