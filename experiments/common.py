@@ -57,7 +57,9 @@ def base(model_variant: str) -> ml_collections.ConfigDict:
 
 
 def data(sources: list[dict], seed: int = 0, num_workers: int = 16) -> ml_collections.ConfigDict:
-    """`sources`: [{name, data_dir, batch_size (per host), weight}] of prepared datasets."""
+    """`sources`: [{name, data_dir, batch_size (per host), weight}] of prepared datasets.
+    Optional `video_aug`: AugmentConfig fields (input_pipeline/augment.py) replacing SAM 2's
+    video recipe, e.g. {"degrees": 0.0, "shear": 0.0}; the resolution is the model's."""
     return ml_collections.ConfigDict(
         {"sources": sources, "seed": seed, "num_workers": num_workers, "num_threads": 16,
          "prefetch_buffer_size": 4, "clip": {"num_frames": 8, "max_objects": 3},

@@ -2,8 +2,10 @@
 
 Works on TFDS records (`tfds.data_source` dicts) and RLE areas only; nothing is decoded here.
 
-SA-V (`sample_clip`): a uniform start, `num_frames` consecutive annotated (6 fps) frames,
-reversed with p = `reverse_p`; the objects visible in the clip's first frame (after the
+SA-V (`sample_clip`): a uniform start, `num_frames` consecutive annotated (6 fps) frames
+(or, with `max_skip` > 1, frames with random gaps of 1 .. max_skip annotated frames: the
+"max skip" sampling of STM / XMem-style VOS training, off in SAM 2's recipe), reversed with
+p = `reverse_p`; the objects visible in the clip's first frame (after the
 reversal), up to `max_objects` of them drawn without replacement. A start whose first frame
 shows nothing is redrawn (up to `max_starts` times, as SAM 2's 1000).
 
@@ -30,10 +32,14 @@ class ClipConfig:
     # a video that cannot give a clip (too short, nothing visible) is replaced by another
     # record drawn from the same rng, up to this many times (SAM 2: 100)
     max_records: int = 100
+    # gaps between a clip's frames drawn from 1 .. max_skip annotated frames (1: consecutive,
+    # SAM 2); capped per video so that the clip fits: more motion per step than consecutive
+    # frames, so that tracking cannot be learnt as copying the previous mask in place
+    max_skip: int = 1
 
     def __post_init__(self):
-        if self.num_frames < 1 or self.max_objects < 1:
-            raise ValueError(f"num_frames and max_objects must be >= 1: {self}")
+        if self.num_frames < 1 or self.max_objects < 1 or self.max_skip < 1:
+            raise ValueError(f"num_frames, max_objects and max_skip must be >= 1: {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +78,17 @@ def sample_clip(record: dict, rng: np.random.Generator, cfg: ClipConfig) -> Clip
         return None
     h, w = int(record["orig_height"]), int(record["orig_width"])
     rles = record["masklet_rles"]
+    # the largest gap with which any draw of gaps fits the video
+    skip = min(cfg.max_skip, (n_t - 1) // max(cfg.num_frames - 1, 1))
     for _ in range(cfg.max_starts):
-        start = int(rng.integers(0, n_t - cfg.num_frames + 1))
-        positions = list(range(start, start + cfg.num_frames))
+        if skip > 1:
+            offsets = np.concatenate([[0], np.cumsum(rng.integers(1, skip, cfg.num_frames - 1,
+                                                                   endpoint=True))])
+            start = int(rng.integers(0, n_t - int(offsets[-1])))
+            positions = [start + int(o) for o in offsets]
+        else:
+            start = int(rng.integers(0, n_t - cfg.num_frames + 1))
+            positions = list(range(start, start + cfg.num_frames))
         reverse = bool(rng.random() < cfg.reverse_p)
         if reverse:
             positions.reverse()

@@ -202,10 +202,12 @@ def sa1b_json(image_id: int, masks: np.ndarray, rng: np.random.Generator) -> dic
             "annotations": anns}
 
 
-def sa1b_image(seed: int, h: int, w: int, n_masks: int = 6) -> tuple[np.ndarray, np.ndarray]:
+def sa1b_image(seed: int, h: int, w: int, n_masks: int = 6,
+               scene: SceneConfig = SceneConfig()) -> tuple[np.ndarray, np.ndarray]:
     """One SA-1B-like image and its masks (N + 2, H, W): N object masks, then an empty mask
-    (area 0, filtered by the loader) and one covering > 90 % of the image (filtered too)."""
-    frames, masks = render_video(seed, h, w, 1, n_objects=n_masks)
+    (area 0, filtered by the loader) and one covering > 90 % of the image (filtered too).
+    `scene` sets the object sizes (and look-alikes: unannotated, as in the videos)."""
+    frames, masks = render_video(seed, h, w, 1, n_objects=n_masks, scene=scene)
     big = np.ones((h, w), bool)
     big[: max(1, h // 40)] = False  # 97.5 % of the image
     extra = np.stack([np.zeros((h, w), bool), big])
@@ -220,7 +222,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float):
 
 
 def write_sa1b_tar(path: str | os.PathLike, first_id: int, num_images: int, h: int = 150,
-                   w: int = 200, seed: int = 0, n_masks: int = 6) -> list[int]:
+                   w: int = 200, seed: int = 0, n_masks: int = 6,
+                   scene: SceneConfig = SceneConfig()) -> list[int]:
     """An SA-1B shard: `sa_<id>.jpg` / `sa_<id>.json` pairs, odd images' members prefixed
     `./`, the JSON before the JPEG for every third image. -> the image ids written."""
     rng = np.random.default_rng(seed)
@@ -229,7 +232,7 @@ def write_sa1b_tar(path: str | os.PathLike, first_id: int, num_images: int, h: i
     with tarfile.open(tmp, "w") as tar:
         for i in range(num_images):
             image_id = first_id + i
-            image, masks = sa1b_image(seed * 100_003 + image_id, h, w, n_masks)
+            image, masks = sa1b_image(seed * 100_003 + image_id, h, w, n_masks, scene)
             members = [(f"sa_{image_id}.jpg", jpeg.encode(image, quality=90)),
                        (f"sa_{image_id}.json",
                         json.dumps(sa1b_json(image_id, masks, rng)).encode())]

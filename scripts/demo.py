@@ -3,14 +3,16 @@
 
     python scripts/demo.py [--workdir artifacts/demo] [--num_steps N] [--fresh]
 
-1. data      synthetic SA-V training videos (real tars: H.264 mp4 + manual-annotation JSON)
-             and held-out videos in the SA-V val layout (JPEG frames, per-object PNG masks),
-             different seeds: textured objects that move, scale, occlude each other, leave
-             the frame and come back, next to look-alike distractors
-             (`scripts/make_synthetic_data.py`)
-2. prepare   the SA-V TFDS builder turns the tars into ArrayRecord (`scripts/prepare_data.py`)
+1. data      synthetic SA-V training videos (real tars: H.264 mp4 + manual-annotation JSON),
+             SA-1B images (real tars: JPEG + annotation JSON) and held-out videos in the SA-V
+             val layout (JPEG frames, per-object PNG masks), different seeds: textured objects
+             that move, scale, occlude each other, leave the frame and come back, next to
+             look-alike distractors (`scripts/make_synthetic_data.py`)
+2. prepare   the SA-V and SA-1B TFDS builders turn the tars into ArrayRecord
+             (`scripts/prepare_data.py`)
 3. train     a small EfficientTAM (`experiments/demo.py`: the tiny variant, 128 px, 3-frame
-             clips, first frame prompted with its mask) from scratch with the real trainer
+             clips with the first frame prompted by its mask, 1 step in 10 an SA-1B image
+             batch prompted by clicks) from scratch with the real trainer
              (`scripts/train.py`: Grain pipeline, jit train step, Orbax checkpoints; rerunning
              the demo resumes it)
 4. evaluate  semi-supervised VOS on the held-out videos (first-frame masks in, every frame
@@ -51,19 +53,26 @@ def _stage(k: int, text: str) -> None:
 
 
 def make_data(work: Path, args) -> tuple[Path, Path]:
-    """Raw synthetic data (skipped when already written) -> (train tars dir, held-out dir)."""
+    """Raw synthetic data (skipped when already written) -> ({dataset: training tars dir},
+    held-out dir); SA-1B only with args.image_shards > 0."""
     from scripts import make_synthetic_data
 
     raw = work / "raw"
-    train, held_out = raw / "sav", raw / "sav_val"
+    train, images, held_out = raw / "sav", raw / "sa1b", raw / "sav_val"
     common = ["--frames", str(args.frames), "--objects", "3", "--height", "128", "--width", "128",
               "--object_size", *map(str, args.object_size),
               "--object_speed", *map(str, args.object_speed)]
     parts = {"train.done": ["--kinds", "sav", "--shards", str(args.train_shards), "--per_shard",
                             "16", "--seed", "0", *common],
+             "images.done": ["--kinds", "sa1b", "--shards", str(args.image_shards),
+                             "--per_shard", "64", "--seed", "2", *common],
              "held_out.done": ["--kinds", "sav_val", "--per_shard", str(args.eval_videos),
                                "--seed", "1", *common]}
-    for (marker, argv), folder in zip(parts.items(), (train, held_out)):
+    folders = {"train.done": train, "images.done": images, "held_out.done": held_out}
+    if not args.image_shards:  # videos only (sweep.py's local data)
+        del parts["images.done"]
+    for marker, argv in parts.items():
+        folder = folders[marker]
         done = raw / marker  # holds the arguments it was written with
         if done.exists():
             written = done.read_text()
@@ -75,30 +84,32 @@ def make_data(work: Path, args) -> tuple[Path, Path]:
         if make_synthetic_data.main(["--out", str(raw), *argv]):
             raise SystemExit(f"synthetic data failed: {folder}")
         done.write_text(" ".join(argv))
-    return train, held_out
+    return ({"sav": train, "sa1b": images} if args.image_shards else {"sav": train}), held_out
 
 
-def prepare(work: Path, train_raw: Path) -> Path:
+def prepare(work: Path, raw: dict[str, Path]) -> Path:
+    """Each training dataset ({"sav": tars dir, "sa1b": tars dir}) through its TFDS builder."""
     from scripts import prepare_data
 
     tfds_dir = work / "tfds"
-    if not (tfds_dir / "sav" / "1.0.0" / "prepare_report.json").exists():
-        if prepare_data.main(["sav", "--manual_dir", str(train_raw), "--data_dir",
+    for name, manual_dir in raw.items():
+        if (tfds_dir / name / "1.0.0" / "prepare_report.json").exists():
+            print(f"  already prepared: {tfds_dir / name}")
+            continue
+        if prepare_data.main([name, "--manual_dir", str(manual_dir), "--data_dir",
                               str(tfds_dir)]):
-            raise SystemExit("prepare_data.py sav failed")
-    else:
-        print(f"  already prepared: {tfds_dir}")
+            raise SystemExit(f"prepare_data.py {name} failed")
     return tfds_dir
 
 
 def train(work: Path, tfds_dir: Path, args) -> Path:
     from scripts import train as train_script
+    from scripts.train import load_config
 
     run = work / "run"
-    sets = [f"data.sources.0.data_dir={tfds_dir}"]
+    sets = [f"data.sources.{k}.data_dir={tfds_dir}"
+            for k in range(len(load_config(f"{CONFIG}:{args.config_arg}").data.sources))]
     if args.num_steps:
-        from scripts.train import load_config
-
         warmup = int(load_config(f"{CONFIG}:{args.config_arg}").optimizer.warmup_steps)
         sets += [f"train.num_steps={args.num_steps}", f"optimizer.total_steps={args.num_steps}",
                  f"optimizer.warmup_steps={min(warmup, args.num_steps // 4)}"]
@@ -141,15 +152,21 @@ def evaluate(work: Path, run: Path, held_out: Path, variant: str, overrides) -> 
 def loss_curve(run: Path, path: Path) -> Path:
     from tam_jax.evaluation.plots import line_chart, read_metrics
 
+    metrics = run / "metrics.jsonl"
+    # the video steps' terms (`train_video/` when SA-1B batches are mixed in, else `train/`),
+    # and the image steps' total
+    video = "train_video" if len(read_metrics(metrics, "train_video/loss")[0]) else "train"
     series = {}
-    for key, name in (("train/loss", "total loss"), ("train/loss_mask", "focal x20"),
-                      ("train/loss_dice", "dice"), ("train/loss_iou", "IoU L1"),
-                      ("train/loss_class", "object score")):
-        steps, values = read_metrics(run / "metrics.jsonl", key)
+    for key, name in ((f"{video}/loss", "total loss"), (f"{video}/loss_mask", "focal x20"),
+                      (f"{video}/loss_dice", "dice"), (f"{video}/loss_iou", "IoU L1"),
+                      (f"{video}/loss_class", "object score"),
+                      ("train_image/loss", "SA-1B steps: total loss")):
+        steps, values = read_metrics(metrics, key)
         if len(steps):
             series[name] = (steps, values)
     return line_chart(series, path, xlabel="step", ylabel="loss", log_y=True,
-                      title="demo training loss (summed over a clip's frames, per object)")
+                      title="demo training loss (video steps: summed over a clip's frames, "
+                            "per object)")
 
 
 def _scores(summary: dict) -> dict:
@@ -170,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for training (repeatable)")
     p.add_argument("--train_shards", type=int, default=4, help="SA-V tars of 16 videos")
+    p.add_argument("--image_shards", type=int, default=2,
+                   help="SA-1B tars of 64 images (>= 1: the config trains on them)")
     p.add_argument("--eval_videos", type=int, default=16, help="held-out videos")
     p.add_argument("--frames", type=int, default=32, help="24 fps frames per video")
     # The model sees 128 px frames as 8 x 8 tokens (EfficientTAM has no high-res features), so
@@ -182,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--require_targets", action="store_true",
                    help="exit 1 when a J&F target is missed (default: report it, exit 0)")
     args = p.parse_args(argv)
+    if args.image_shards < 1:
+        p.error("--image_shards must be >= 1 (experiments/demo.py mixes SA-1B batches in)")
 
     t_start = time.perf_counter()
     work = Path(args.workdir)
@@ -199,7 +220,7 @@ def main(argv=None) -> int:
 
     _stage(1, f"synthetic SA-V data -> {work / 'raw'}")
     train_raw, held_out = timed("data", make_data, work, args)
-    _stage(2, "prepare the training tars with the SA-V TFDS builder")
+    _stage(2, "prepare the training tars with the SA-V and SA-1B TFDS builders")
     tfds_dir = timed("prepare", prepare, work, train_raw)
     _stage(3, f"train ({CONFIG}) -> {work / 'run'}")
     run = timed("train", train, work, tfds_dir, args)

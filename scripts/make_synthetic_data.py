@@ -38,12 +38,14 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=96, help="frame / image height (even)")
     p.add_argument("--width", type=int, default=128, help="frame / image width (even)")
     p.add_argument("--frames", type=int, default=40, help="24 fps frames per video")
-    p.add_argument("--objects", type=int, default=3, help="annotated objects per video")
+    p.add_argument("--objects", type=int, default=3,
+                   help="annotated objects per video (SA-1B images: 3 more masks)")
     p.add_argument("--seed", type=int, default=0)
-    # scene difficulty of the videos (sav, sav_val, davis); SA-1B images keep the defaults
+    # scene difficulty: object sizes of every kind; speeds of the videos (sav, sav_val, davis)
     p.add_argument("--object_size", type=float, nargs=2, default=(0.08, 0.2),
                    metavar=("LO", "HI"),
-                   help="video object half-extent range, fraction of min(height, width)")
+                   help="object half-extent range (videos and images), fraction of "
+                   "min(height, width)")
     p.add_argument("--object_speed", type=float, nargs=2, default=(0.3, 1.5),
                    metavar=("LO", "HI"), help="object travel over a video (bouncing off the "
                    "borders), fraction of min(height, width)")
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
         for i in range(args.shards):
             jobs.append((f"sa1b/sa_{i:06d}.tar", lambda i=i: synthetic.write_sa1b_tar(
                 out / "sa1b" / f"sa_{i:06d}.tar", 1 + i * args.per_shard, args.per_shard,
-                args.height, args.width, seed=args.seed + i)))
+                args.height, args.width, seed=args.seed + i, n_masks=args.objects + 3,
+                scene=scene)))
     if "sav" in args.kinds:
         (out / "sav").mkdir(parents=True, exist_ok=True)
         for i in range(args.shards):

@@ -6,8 +6,10 @@
 
 The `make demo` config (experiments/demo.py, GT-mask prompt on frame 0), trained on one device
 with the real train step, and every `--every` steps the IoU of each frame's final mask (the
-IoU-head's pick, low resolution, thresholded at 0) on the step's batch, next to the loss terms
-and the predicted foreground fraction. Frame 0 is the prompt (its IoU is the ceiling the low
+IoU-head's pick, low resolution, thresholded at 0) on the step's batch, next to the loss terms,
+the predicted foreground fraction, and the IoU that copying frame 0's ground truth would get
+(the positional shortcut tracking must beat). The demo's SA-1B image steps are left out (one
+plan kind: GT mask on frame 0). Frame 0 is the prompt (its IoU is the ceiling the low
 resolution allows); frames 1.. are tracked through the memory. Modes:
   real     the data as it comes;
   static   every frame of a clip replaced by frame 0 (images and masks): tracking reduces to
@@ -60,6 +62,8 @@ def main(argv=None) -> int:
     config = apply_overrides(load_config(CONFIG),
                              [f"data.sources.0.data_dir={args.data_dir}", "mesh.data=1",
                               *args.set])
+    # the demo's video steps only (its SA-1B image steps are another plan kind)
+    config.data.sources = [dict(config.data.sources[0], weight=1.0)]
     mcfg = trainer.model_config(config)
     data = iter(trainer.build_data(config, mcfg))
     ocfg = trainer._dataclass_from(optimizer.OptimizerConfig, config.optimizer)
@@ -90,15 +94,24 @@ def main(argv=None) -> int:
         inter = (pred & gt).sum((-1, -2))
         union = (pred | gt).sum((-1, -2))
         iou = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
-        return jnp.sum(iou * valid, 1) / jnp.maximum(valid.sum(1), 1), jnp.mean(pred, (1, 2, 3))
+        # the copy baseline: frame 0's ground truth as every frame's prediction
+        c_inter = (gt[:1] & gt).sum((-1, -2))
+        c_union = (gt[:1] | gt).sum((-1, -2))
+        copy = jnp.where(c_union > 0, c_inter / jnp.maximum(c_union, 1), 1.0)
+
+        def mean(x):
+            return jnp.sum(x * valid, 1) / jnp.maximum(valid.sum(1), 1)
+
+        return mean(iou), mean(copy), jnp.mean(pred, (1, 2, 3))
 
     frames = int(config.data.clip.num_frames)
     order = np.arange(frames, dtype=np.int32)
     corrected = np.zeros(frames, bool)
     fixed = {k: np.asarray(v) for k, v in next(data).items()} if args.mode == "overfit" else None
     t0 = time.time()
-    print(f"mode {args.mode}, {args.steps} steps; columns: frame IoU / predicted foreground "
-          "fraction per clip frame (frame 0 = the prompt)", flush=True)
+    print(f"mode {args.mode}, {args.steps} steps; columns per clip frame (frame 0 = the "
+          "prompt): frame IoU, the copy-frame-0 baseline's IoU, predicted foreground fraction",
+          flush=True)
     for step in range(args.steps):
         batch = fixed if fixed is not None else {k: np.asarray(v) for k, v in next(data).items()}
         if args.mode == "static":
@@ -107,11 +120,13 @@ def main(argv=None) -> int:
                 batch[key] = np.repeat(batch[key][:, :1], batch[key].shape[1], 1)
         state, metrics = step_fn(state, batch, order, corrected)
         if step % args.every == 0 or step == args.steps - 1:
-            iou, fg = frame_iou(state.params, batch, order, corrected)
+            iou, copy, fg = frame_iou(state.params, batch, order, corrected)
             m = jax.device_get(metrics)
             print(f"step {step} {time.time() - t0:.0f}s loss {m['loss']:.3f} "
                   f"dice {m['loss_dice']:.3f} obj_acc {m['obj_acc']:.2f} "
-                  f"frame_iou {np.round(np.asarray(iou), 3)} fg {np.round(np.asarray(fg), 3)}",
+                  f"iou picked / best {m['iou']:.2f} / {m['best_iou']:.2f} "
+                  f"frame_iou {np.round(np.asarray(iou), 3)} copy {np.round(np.asarray(copy), 3)} "
+                  f"fg {np.round(np.asarray(fg), 3)}",
                   flush=True)
     return 0
 

@@ -46,9 +46,11 @@ def test_demo_runs_end_to_end_at_smoke_size(tmp_path, capsys):
 
     argv = ["--workdir", str(tmp_path / "demo"), "--config_arg", "micro", "--num_steps", "2",
             "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",
-            # the suite runs on 8 fake CPU devices: one clip per device
-            "--set", "data.sources.0.batch_size=8",
-            "--train_shards", "1", "--eval_videos", "2", "--frames", "16"]
+            # the suite runs on 8 fake CPU devices: one clip (image) per device; equal weights
+            # so that the 2 steps are one video and one SA-1B image batch
+            "--set", "data.sources.0.batch_size=8", "--set", "data.sources.1.batch_size=8",
+            "--set", "data.sources.0.weight=0.5", "--set", "data.sources.1.weight=0.5",
+            "--train_shards", "1", "--image_shards", "1", "--eval_videos", "2", "--frames", "16"]
     assert demo.main(argv) == 0
     work = tmp_path / "demo"
     summary = json.loads((work / "summary.json").read_text())
@@ -56,6 +58,10 @@ def test_demo_runs_end_to_end_at_smoke_size(tmp_path, capsys):
     for s in summary["scores"].values():
         assert 0.0 <= s["J&F"] <= 1.0
     assert (work / "loss_curve.png").stat().st_size > 0
+    for name in ("sav", "sa1b"):  # both training datasets went through their TFDS builders
+        assert (work / "tfds" / name / "1.0.0" / "prepare_report.json").exists()
+    rows = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_video/loss", "train_image/loss"} <= set().union(*rows)
     assert len(summary["gifs"]) == 2
     assert all(Image.open(g).n_frames == 16 for g in summary["gifs"])
     assert (work / "run" / "checkpoints" / "2").is_dir()

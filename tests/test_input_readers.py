@@ -79,6 +79,26 @@ def test_sa1b_tar_roundtrip(tmp_path):
         assert o.skipped == []
 
 
+def test_sa1b_scene_sets_object_sizes(tmp_path):
+    """The demo draws its SA-1B images with its videos' object sizes (`scene`); the default
+    scene is the one the tests were written on (same pixels as before the argument)."""
+    small = synthetic.SceneConfig(radius=(0.05, 0.05))
+    large = synthetic.SceneConfig(radius=(0.25, 0.25))
+    area = lambda m: m[:-2].sum((1, 2)).max()  # the largest object mask (without the extras)
+    _, m_small = synthetic.sa1b_image(5, 64, 64, n_masks=3, scene=small)
+    _, m_large = synthetic.sa1b_image(5, 64, 64, n_masks=3, scene=large)
+    assert m_small.shape == m_large.shape == (5, 64, 64)
+    assert area(m_large) > 4 * area(m_small)
+    np.testing.assert_array_equal(synthetic.sa1b_image(5, 64, 64)[1],
+                                  synthetic.sa1b_image(5, 64, 64, scene=synthetic.SceneConfig())[1])
+    path = tmp_path / "sa_000000.tar"
+    synthetic.write_sa1b_tar(path, 1, 2, 64, 64, seed=4, n_masks=3, scene=large)
+    for o in sa1b.read_tar(path):
+        want = synthetic.sa1b_image(4 * 100_003 + o.image_id, 64, 64, 3, large)[1]
+        np.testing.assert_array_equal(
+            rle.decode_many([a["segmentation"] for a in o.annotations]), want)
+
+
 def _tar_with(tmp_path, members):
     path = tmp_path / "sa_000001.tar"
     with tarfile.open(path, "w") as tar:

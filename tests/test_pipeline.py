@@ -88,6 +88,32 @@ def test_clip_sampler_follows_sam2():
     assert sampling.sample_clip(_record([99], n_t=8), np.random.default_rng(0), CLIP) is None
 
 
+def test_clip_sampler_max_skip_gaps_fit_the_video():
+    """max_skip k: gaps of 1..k annotated frames (every gap size occurs), capped so that the
+    clip fits the video; k = 1 is the consecutive sampler, draw for draw."""
+    record = _record([0, 0, 0], n_t=9)
+    cfg = dataclasses.replace(CLIP, max_skip=3, reverse_p=0.0)
+    gaps = set()
+    for seed in range(200):
+        c = sampling.sample_clip(record, np.random.default_rng(seed), cfg)
+        d = np.diff(c.positions)
+        assert len(c.positions) == 4 and ((d >= 1) & (d <= 2)).all(), c.positions  # 8 // 3 = 2
+        assert 0 <= c.positions[0] and c.positions[-1] <= 8
+        gaps |= set(d.tolist())
+    assert gaps == {1, 2}
+    long = _record([0, 0, 0], n_t=40)
+    spans = [np.diff(sampling.sample_clip(long, np.random.default_rng(s), cfg).positions)
+             for s in range(200)]
+    assert set(np.concatenate(spans).tolist()) == {1, 2, 3}
+    for seed in range(20):
+        a = sampling.sample_clip(long, np.random.default_rng(seed), CLIP)
+        b = sampling.sample_clip(long, np.random.default_rng(seed),
+                                 dataclasses.replace(CLIP, max_skip=1))
+        assert a == b
+    with pytest.raises(ValueError, match="max_skip"):
+        sampling.ClipConfig(max_skip=0)
+
+
 def test_mask_sampler_filters_and_caps():
     area = np.array([0, 10, 20, 95, 89, 5, 7, 1, 2, 3, 4, 6], np.int64)  # image 10 x 10
     record = {"mask_area": area, "height": 10, "width": 10}

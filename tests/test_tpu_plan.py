@@ -206,7 +206,8 @@ def test_planner_compiles_train_and_track_step_for_v5e(tmp_path):
     the inference track step compile; memory and cost figures are present and plausible."""
     out_json, out_md = tmp_path / "plan.json", tmp_path / "plan.md"
     rc = tpu_plan.main(["--config", str(ROOT / "experiments/demo.py") + ":micro",
-                        "--topology", "v5e:2x2", "--remats", "none", "--remat_frames", "off",
+                        "--sources", "sav", "--topology", "v5e:2x2", "--remats", "none",
+                        "--remat_frames", "off",
                         "--presets", "fsdp", "--fsdp", "2", "--json", str(out_json),
                         "--markdown", str(out_md)])
     assert rc == 0

@@ -92,3 +92,53 @@ def test_train_script_help_and_bad_config(capsys):
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         script.main(["--config", "experiments/tiny_local.py", "--workdir", "/tmp/x",
                      "--set", "train.num_steps"])
+
+
+def test_data_video_aug_sets_the_clip_augmentation(data_dir, monkeypatch):
+    """`data.video_aug` (AugmentConfig fields) replaces SAM 2's video recipe; the resolution
+    is the model's. Without it the pipeline keeps its default (None -> SAM 2's recipe)."""
+    from input_pipeline import augment, pipeline
+    from tam_jax.training import trainer
+
+    seen = []
+    monkeypatch.setattr(pipeline, "build", lambda specs, cfg, *a: seen.append(cfg) or iter(()))
+    c = _config(data_dir, 1)
+    model_cfg = trainer.model_config(c)
+    trainer.build_data(c, model_cfg)
+    assert seen[-1].video_aug is None
+    assert seen[-1].augment_for("sav") == augment.AugmentConfig(resolution=model_cfg.image_size)
+    c = apply_overrides(c, ['data.video_aug={"degrees": 0.0, "shear": 0.0, "hflip_p": 0.0}'])
+    trainer.build_data(c, model_cfg)
+    want = augment.AugmentConfig(resolution=model_cfg.image_size, degrees=0.0, shear=0.0,
+                                 hflip_p=0.0)
+    assert seen[-1].augment_for("sav") == want
+    with pytest.raises(KeyError, match="no field"):
+        trainer.build_data(apply_overrides(c, ['data.video_aug={"rotate": 1.0}']), model_cfg)
+
+
+def test_logged_rows_are_window_means_per_batch_kind():
+    """A row stands for every step since the last one: means over them, and per batch kind
+    when the config mixes image and video datasets (a logged step alone would show whichever
+    kind it drew)."""
+    import ml_collections
+
+    from tam_jax.training.trainer import _MetricWindow
+
+    def cfg(*names):
+        return ml_collections.ConfigDict({"data": {"sources": [{"name": n} for n in names]}})
+
+    w = _MetricWindow(cfg("sav", "sa1b"))
+    for loss, iou, frames in ((3.0, 0.5, 3), (5.0, 0.7, 3), (12.0, 0.0, 1)):
+        w.add({"loss": loss, "iou": iou, "lr": 1e-3}, frames)
+    row = w.means()
+    assert row["train/loss"] == pytest.approx(20.0 / 3)
+    assert row["train_video/loss"] == pytest.approx(4.0)
+    assert row["train_video/iou"] == pytest.approx(0.6)
+    assert row["train_image/loss"] == pytest.approx(12.0)
+    assert row["train/lr"] == pytest.approx(1e-3) and "train_video/lr" not in row
+    w.add({"loss": 2.0, "iou": 0.9, "lr": 1e-3}, 3)  # the next window starts empty
+    assert w.means() == {"train/loss": 2.0, "train/iou": 0.9, "train/lr": 1e-3,
+                         "train_video/loss": 2.0, "train_video/iou": 0.9}
+    only_video = _MetricWindow(cfg("sav"))
+    only_video.add({"loss": 1.0}, 8)
+    assert only_video.means() == {"train/loss": 1.0}
