@@ -52,7 +52,7 @@ def _stage(k: int, text: str) -> None:
     print(f"\n[{k}/6] {text}", flush=True)
 
 
-def make_data(work: Path, args) -> tuple[Path, Path]:
+def make_data(work: Path, args) -> tuple[dict[str, Path], Path]:
     """Raw synthetic data (skipped when already written) -> ({dataset: training tars dir},
     held-out dir); SA-1B only with args.image_shards > 0."""
     from scripts import make_synthetic_data
@@ -107,10 +107,10 @@ def train(work: Path, tfds_dir: Path, args) -> Path:
     from scripts.train import load_config
 
     run = work / "run"
-    sets = [f"data.sources.{k}.data_dir={tfds_dir}"
-            for k in range(len(load_config(f"{CONFIG}:{args.config_arg}").data.sources))]
+    config = load_config(f"{CONFIG}:{args.config_arg}")
+    sets = [f"data.sources.{k}.data_dir={tfds_dir}" for k in range(len(config.data.sources))]
     if args.num_steps:
-        warmup = int(load_config(f"{CONFIG}:{args.config_arg}").optimizer.warmup_steps)
+        warmup = int(config.optimizer.warmup_steps)
         sets += [f"train.num_steps={args.num_steps}", f"optimizer.total_steps={args.num_steps}",
                  f"optimizer.warmup_steps={min(warmup, args.num_steps // 4)}"]
     for s in args.set:
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         print(f"  ({name}: {times[name]:.0f} s)", flush=True)
         return out
 
-    _stage(1, f"synthetic SA-V data -> {work / 'raw'}")
+    _stage(1, f"synthetic SA-V and SA-1B data -> {work / 'raw'}")
     train_raw, held_out = timed("data", make_data, work, args)
     _stage(2, "prepare the training tars with the SA-V and SA-1B TFDS builders")
     tfds_dir = timed("prepare", prepare, work, train_raw)
