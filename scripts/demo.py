@@ -62,17 +62,17 @@ def make_data(work: Path, args) -> tuple[dict[str, Path], Path]:
     common = ["--frames", str(args.frames), "--objects", "3", "--height", "128", "--width", "128",
               "--object_size", *map(str, args.object_size),
               "--object_speed", *map(str, args.object_speed)]
-    parts = {"train.done": ["--kinds", "sav", "--shards", str(args.train_shards), "--per_shard",
-                            "16", "--seed", "0", *common],
-             "images.done": ["--kinds", "sa1b", "--shards", str(args.image_shards),
-                             "--per_shard", "64", "--seed", "2", *common],
-             "held_out.done": ["--kinds", "sav_val", "--per_shard", str(args.eval_videos),
-                               "--seed", "1", *common]}
-    folders = {"train.done": train, "images.done": images, "held_out.done": held_out}
-    if not args.image_shards:  # videos only (sweep.py's local data)
-        del parts["images.done"]
-    for marker, argv in parts.items():
-        folder = folders[marker]
+    training = {"sav": train}
+    parts = [("train.done", train, ["--kinds", "sav", "--shards", str(args.train_shards),
+                                    "--per_shard", "16", "--seed", "0", *common]),
+             ("held_out.done", held_out, ["--kinds", "sav_val", "--per_shard",
+                                          str(args.eval_videos), "--seed", "1", *common])]
+    if args.image_shards:  # (sweep.py's local data has videos only)
+        training["sa1b"] = images
+        parts.append(("images.done", images, ["--kinds", "sa1b", "--shards",
+                                              str(args.image_shards), "--per_shard", "64",
+                                              "--seed", "2", *common]))
+    for marker, folder, argv in parts:
         done = raw / marker  # holds the arguments it was written with
         if done.exists():
             written = done.read_text()
@@ -84,7 +84,7 @@ def make_data(work: Path, args) -> tuple[dict[str, Path], Path]:
         if make_synthetic_data.main(["--out", str(raw), *argv]):
             raise SystemExit(f"synthetic data failed: {folder}")
         done.write_text(" ".join(argv))
-    return ({"sav": train, "sa1b": images} if args.image_shards else {"sav": train}), held_out
+    return training, held_out
 
 
 def prepare(work: Path, raw: dict[str, Path]) -> Path:

@@ -109,10 +109,10 @@ class _MetricWindow:
     PER_KIND = ("loss", *losses.TERMS, "iou", "best_iou", "obj_acc")
 
     def __init__(self, config):
-        from input_pipeline.pipeline import VIDEO_DATASETS
+        from input_pipeline.pipeline import IMAGE_DATASETS, VIDEO_DATASETS
 
         names = {s["name"] for s in config.data.sources}
-        self.mixed = bool(names & set(VIDEO_DATASETS)) and bool(names - set(VIDEO_DATASETS))
+        self.mixed = bool(names & set(VIDEO_DATASETS)) and bool(names & set(IMAGE_DATASETS))
         self.sums: dict[str, list[float]] = {}
 
     def add(self, metrics: dict, num_frames: int) -> None:
