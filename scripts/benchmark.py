@@ -296,7 +296,7 @@ def main_track(args, argv) -> int:
     import jax
     import torch
 
-    from scripts.benchmark_input import cpu_model
+    from scripts.machine_info import cpu_model
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -358,7 +358,7 @@ def _side_by_side_main(args, argv) -> int:
     import jax
     import torch
 
-    from scripts.benchmark_input import cpu_model
+    from scripts.machine_info import cpu_model
 
     bench = bench_image if args.what == "image" else bench_encoder
     if args.threads:

@@ -503,7 +503,7 @@ def meta(argv: list[str], libtpu_path: str | None) -> dict:
     import jax
     import optax
 
-    from scripts.benchmark_input import cpu_model
+    from scripts.machine_info import cpu_model
 
     out = {"machine": f"{cpu_model()}, {os.cpu_count()} cpus",
            "cpus_usable": len(os.sched_getaffinity(0)), "python": platform.python_version(),

@@ -14,7 +14,12 @@ resolution allows); frames 1.. are tracked through the memory. Modes:
   real     the data as it comes;
   static   every frame of a clip replaced by frame 0 (images and masks): tracking reduces to
            copying the prompt's mask through the memory;
-  overfit  one batch, repeated: can the model fit it at all (capacity and gradient path).
+  overfit  one batch, repeated: can the model fit it at all (capacity and gradient path);
+  jitter   every frame after frame 0 shifted (wrapping around) by its own random offset of
+           up to --jitter pixels, images and masks alike: copying in place no longer works,
+           so the memory must be matched by appearance (as STM-style training on static
+           images makes clips);
+  curriculum  --static_steps static steps, then real ones.
 This is how the demo's learning limits were diagnosed (docs/benchmarks.md, `make demo`).
 """
 
@@ -36,7 +41,12 @@ def main(argv=None) -> int:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--data_dir", default="artifacts/demo/tfds",
                    help="prepared SA-V (TFDS) of the demo (`make demo` writes it)")
-    p.add_argument("--mode", choices=("real", "static", "overfit"), default="real")
+    p.add_argument("--mode", default="real",
+                   choices=("real", "static", "overfit", "jitter", "curriculum"))
+    p.add_argument("--jitter", type=int, default=16,
+                   help="jitter mode: largest per-frame shift in pixels")
+    p.add_argument("--static_steps", type=int, default=100,
+                   help="curriculum mode: this many static steps, then real ones")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--every", type=int, default=20, help="print every N steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -108,16 +118,28 @@ def main(argv=None) -> int:
     order = np.arange(frames, dtype=np.int32)
     corrected = np.zeros(frames, bool)
     fixed = {k: np.asarray(v) for k, v in next(data).items()} if args.mode == "overfit" else None
+    jitter_rng = np.random.default_rng(0)
     t0 = time.time()
     print(f"mode {args.mode}, {args.steps} steps; columns per clip frame (frame 0 = the "
           "prompt): frame IoU, the copy-frame-0 baseline's IoU, predicted foreground fraction",
           flush=True)
     for step in range(args.steps):
         batch = fixed if fixed is not None else {k: np.asarray(v) for k, v in next(data).items()}
-        if args.mode == "static":
+        if args.mode == "static" or (args.mode == "curriculum"
+                                     and step < args.static_steps):
             batch = dict(batch)
             for key in ("images", "masks"):
                 batch[key] = np.repeat(batch[key][:, :1], batch[key].shape[1], 1)
+        if args.mode == "jitter":
+            batch = dict(batch)
+            images, masks = batch["images"].copy(), batch["masks"].copy()
+            for b in range(images.shape[0]):
+                for t in range(1, images.shape[1]):
+                    dy, dx = jitter_rng.integers(-args.jitter, args.jitter, size=2,
+                                                 endpoint=True)
+                    images[b, t] = np.roll(images[b, t], (dy, dx), (0, 1))
+                    masks[b, t] = np.roll(masks[b, t], (dy, dx), (1, 2))
+            batch["images"], batch["masks"] = images, masks
         state, metrics = step_fn(state, batch, order, corrected)
         if step % args.every == 0 or step == args.steps - 1:
             iou, copy, fg = frame_iou(state.params, batch, order, corrected)
