@@ -26,11 +26,18 @@ def get_config(arg: str = "s_1"):
     c.train.num_steps = 300_000
     # Full ViT remat + per-frame remat, data parallel: S at 1024 (8 frames x 3 objects, one
     # clip per chip, the costliest prompt plan) needs 6.78 GiB per v5e chip on v5e:16x16, Ti
-    # 6.79, measured with the TPU compiler by scripts/tpu_plan.py (docs/tpu.md, "Stage 2");
-    # without remat it needs 38 GiB. 34 M parameters: dp (replicated state) costs 0.4 GiB.
+    # 6.79 (one memory scan), measured with the TPU compiler by scripts/tpu_plan.py
+    # (docs/tpu.md, "Stage 2"); without remat it needs 38 GiB. 34 M parameters: dp
+    # (replicated state) costs 0.4 GiB.
     c.model.remat = "full"
     c.train.remat_frames = True
     c.sharding_preset = "dp"
+    # The tracked frames as 3 scans, each attending only over the memory frames it can hold
+    # (`clip_forward.frame_segments`; same loss and gradients): the pooled s_1 step counts at
+    # most 64.5 TFLOP per clip instead of 87.9, and needs 7.67 GiB per v5e chip (docs/tpu.md,
+    # "Stage 2"); S 56.7 instead of 75.5 TFLOP at 7.35 GiB. The price: a longer TPU compile
+    # (43 min for s_1 on a 2-core host). 0 = one scan over every slot.
+    c.train.memory_segments = 3
     return c
 
 
