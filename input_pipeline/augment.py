@@ -10,6 +10,8 @@
     6. colour jitter per frame (brightness 0.1, contrast 0.05, saturation 0.05)
     7. normalisation with the ImageNet mean / std (`normalize`; by default on the device, so
        batches cross to it as uint8, 4x smaller)
+    and, off by default (not SAM 2's), `frame_shift`: each frame after the clip's first moved
+    by its own random whole-pixel offset after step 6 (`shift_frames`)
 
 Parameters are drawn from the `np.random.Generator` Grain gives each record, so a record's
 augmentation depends only on the seed and its index. Pixels move through OpenCV (steps 1-3 in
@@ -52,6 +54,10 @@ class AugmentConfig:
     clip_jitter: tuple[float, float, float] = (0.1, 0.03, 0.03)
     grayscale_p: float = 0.05
     frame_jitter: tuple[float, float, float] = (0.1, 0.05, 0.05)
+    # Not SAM 2's: each frame after a clip's first moved by its own whole-pixel offset, up to
+    # this fraction of `resolution` in x and in y (fill: the mean colour, masks 0), so that
+    # copying a mask in place stops working (`shift_frames`; 0 = off, SAM 2's recipe)
+    frame_shift: float = 0.0
 
     @classmethod
     def image(cls, resolution: int = 1024) -> AugmentConfig:
@@ -69,6 +75,8 @@ class AugmentConfig:
         for name in ("hflip_p", "grayscale_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+        if not 0.0 <= self.frame_shift < 1.0:
+            raise ValueError(f"frame_shift must be in [0, 1), got {self.frame_shift}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +90,7 @@ class ClipParams:
     clip_ops: tuple[tuple[str, float], ...]
     grayscale: bool
     frame_ops: tuple[tuple[tuple[str, float], ...], ...]
+    frame_shifts: tuple[tuple[int, int], ...] = ()  # per frame (dx, dy) output pixels, or ()
 
     @property
     def has_affine(self) -> bool:
@@ -111,7 +120,13 @@ def sample_params(rng: np.random.Generator, cfg: AugmentConfig, num_frames: int)
     clip_ops = _jitter_ops(rng, cfg.clip_jitter)
     grayscale = bool(rng.random() < cfg.grayscale_p)
     frame_ops = tuple(_jitter_ops(rng, cfg.frame_jitter) for _ in range(num_frames))
-    return ClipParams(flip, angle, shear, clip_ops, grayscale, frame_ops)
+    shifts = ()
+    if cfg.frame_shift > 0:  # drawn last: without it the stream is SAM 2's recipe's
+        most = int(round(cfg.frame_shift * cfg.resolution))
+        d = rng.integers(-most, most, size=(num_frames, 2), endpoint=True)
+        d[0] = 0
+        shifts = tuple((int(x), int(y)) for x, y in d)
+    return ClipParams(flip, angle, shear, clip_ops, grayscale, frame_ops, shifts)
 
 
 # ------------------------------------------------------------------------------- geometry
@@ -207,6 +222,24 @@ def mask_forward(frame_forward: np.ndarray, frame_hw, mask_hw) -> np.ndarray:
     video's size while frames may be stored smaller)."""
     (fh, fw), (mh, mw) = frame_hw, mask_hw
     return frame_forward @ np.diag([fw / mw, fh / mh, 1.0])
+
+
+def shift_frames(images: np.ndarray, masks: np.ndarray, shifts) -> None:
+    """Move frame t of images uint8 (T, S, S, 3) and masks (T, O, S, S) by shifts[t] = (dx, dy)
+    whole pixels, in place; what comes in is the mean colour (images) and 0 (masks)."""
+    s = images.shape[1]
+    for t, (dx, dy) in enumerate(shifts):
+        if dx == 0 and dy == 0:
+            continue
+        if abs(dx) >= s or abs(dy) >= s:
+            raise ValueError(f"shift {(dx, dy)} moves frame {t} out of its {s}x{s} square")
+        src = np.s_[max(0, -dy): s - max(0, dy), max(0, -dx): s - max(0, dx)]
+        dst = np.s_[max(0, dy): s - max(0, -dy), max(0, dx): s - max(0, -dx)]
+        img, msk = images[t].copy(), masks[t].copy()
+        images[t] = np.asarray(FILL_RGB, np.uint8)
+        masks[t] = 0
+        images[t][dst] = img[src]
+        masks[t][(slice(None),) + dst] = msk[(slice(None),) + src]
 
 
 # --------------------------------------------------------------------------------- colour

@@ -110,6 +110,8 @@ def render(frames: list[bytes], frame_masks: list[list[bytes]], mask_hw: tuple[i
             raise ValueError(f"frame {t} is {decoded[t].shape[:2]}, frame 0 is {frame_hw}")
         image = augment.warp_image(decoded[t], fwd, s)
         images[t] = augment.apply_colour(image, augment.frame_colour_ops(params, t))
+    if params.frame_shifts:
+        augment.shift_frames(images, masks, params.frame_shifts)
     valid = np.zeros(max_objects, bool)
     valid[:n_obj] = True
     return {

@@ -12,7 +12,9 @@
              (`scripts/prepare_data.py`)
 3. train     a small EfficientTAM (`experiments/demo.py`: the tiny variant, 128 px, 3-frame
              clips with the first frame prompted by its mask, 1 step in 10 an SA-1B image
-             batch prompted by clicks) from scratch with the real trainer
+             batch prompted by clicks; two additions to SAM 2's recipe, frames shifted
+             apart and a loss on the memory attention's match) from scratch with the real
+             trainer
              (`scripts/train.py`: Grain pipeline, jit train step, Orbax checkpoints; rerunning
              the demo resumes it)
 4. evaluate  semi-supervised VOS on the held-out videos (first-frame masks in, every frame
@@ -160,6 +162,7 @@ def loss_curve(run: Path, path: Path) -> Path:
     for key, name in ((f"{video}/loss", "total loss"), (f"{video}/loss_mask", "focal x20"),
                       (f"{video}/loss_dice", "dice"), (f"{video}/loss_iou", "IoU L1"),
                       (f"{video}/loss_class", "object score"),
+                      (f"{video}/loss_readout", "memory readout (unweighted)"),
                       ("train_image/loss", "SA-1B steps: total loss")):
         steps, values = read_metrics(metrics, key)
         if len(steps):

@@ -146,7 +146,8 @@ def main(argv=None) -> int:
             m = jax.device_get(metrics)
             print(f"step {step} {time.time() - t0:.0f}s loss {m['loss']:.3f} "
                   f"dice {m['loss_dice']:.3f} obj_acc {m['obj_acc']:.2f} "
-                  f"iou picked / best {m['iou']:.2f} / {m['best_iou']:.2f} "
+                  + (f"readout {m['loss_readout']:.3f} " if "loss_readout" in m else "")
+                  + f"iou picked / best {m['iou']:.2f} / {m['best_iou']:.2f} "
                   f"frame_iou {np.round(np.asarray(iou), 3)} copy {np.round(np.asarray(copy), 3)} "
                   f"fg {np.round(np.asarray(fg), 3)}",
                   flush=True)

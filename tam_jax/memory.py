@@ -62,13 +62,16 @@ def memory_dtype(cfg: EfficientTAMConfig):
 
 
 def empty_bank(cfg: EfficientTAMConfig, num_objects: int,
-               cond_capacity: int = DEFAULT_COND_CAPACITY) -> MemoryBank:
-    """An all-invalid bank for `num_objects` objects."""
+               cond_capacity: int = DEFAULT_COND_CAPACITY, extra_channels: int = 0) -> MemoryBank:
+    """An all-invalid bank for `num_objects` objects. extra_channels: stored after the
+    `mem_dim` memory channels of every frame and kept out of the memory itself (`assemble`
+    returns them separately: training's memory-readout loss stores each frame's object mask
+    there)."""
     if cond_capacity < 1:
         raise ValueError(f"cond_capacity must be >= 1, got {cond_capacity}")
     if cfg.memory_temporal_stride_for_eval != 1:
         raise NotImplementedError("memory_temporal_stride_for_eval != 1 is not supported")
-    b, h, c, d = num_objects, cfg.feat_size, cfg.mem_dim, cfg.hidden_dim
+    b, h, c, d = num_objects, cfg.feat_size, cfg.mem_dim + extra_channels, cfg.hidden_dim
     r, p = cfg.num_maskmem - 1, cfg.max_obj_ptrs_in_encoder
     dt = memory_dtype(cfg)
     return MemoryBank(
@@ -146,6 +149,13 @@ def drop_frame(bank: MemoryBank, frame_idx, drop_mask_b=None) -> MemoryBank:
 
 def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_idx,
              num_frames, reverse: bool, max_frames: int | None = None):
+    """`assemble_with_extra` without the extra channels."""
+    return assemble_with_extra(cfg, bank, maskmem_tpos_enc, frame_idx, num_frames, reverse,
+                               max_frames)[:4]
+
+
+def assemble_with_extra(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_idx,
+                        num_frames, reverse: bool, max_frames: int | None = None):
     """The memory the current frame attends to, with its positional encoding and key mask.
 
     Returns memory (B, M, C), memory_pos (B, M, C), key_valid (B, M) bool and the static
@@ -158,8 +168,16 @@ def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_
     in bank order (F = max_frames). The caller guarantees no more are selected (training knows
     it: a clip's i-th processed frame has at most i memories), so the result is the same
     attention without the masked keys of empty slots, which are most keys early in a clip.
+
+    A fifth value: a bank made with `empty_bank(extra_channels=E)` gives its extra channels
+    per key, (B, M, E + 1): the E channels of each spatial key's frame and token, then 1 for a
+    spatial key / 0 for a pointer token (zeros in the E channels); None for a plain bank.
     """
-    b, kc, h, w, c = bank.cond_feats.shape
+    b, kc, h, w, c_all = bank.cond_feats.shape
+    c = cfg.mem_dim
+    n_extra = c_all - c
+    if n_extra < 0:
+        raise ValueError(f"bank holds {c_all} channels, fewer than mem_dim {c}")
     r = bank.recent_feats.shape[1]
     d = bank.ptr.shape[-1]
     nm = cfg.num_maskmem
@@ -190,7 +208,8 @@ def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_
         frame_pos = jnp.take_along_axis(frame_pos, keep[:, :, None], axis=1)
         valid_frames = jnp.take_along_axis(valid_frames, keep, axis=1)
         f = max_frames
-    memory_sp = feats.astype(jnp.float32).reshape(b, f * h * w, c)
+    extra_sp = feats[..., c:].astype(jnp.float32).reshape(b, f * h * w, n_extra)
+    memory_sp = feats[..., :c].astype(jnp.float32).reshape(b, f * h * w, c)
     pos_sp = (spatial_pe[None, None] + frame_pos[:, :, None, :]).reshape(b, f * h * w, c)
     valid_sp = jnp.repeat(valid_frames, h * w, axis=1)
 
@@ -213,7 +232,13 @@ def assemble(cfg: EfficientTAMConfig, bank: MemoryBank, maskmem_tpos_enc, frame_
     memory = jnp.concatenate([memory_sp, ptr_tokens], axis=1)
     memory_pos = jnp.concatenate([pos_sp, jnp.zeros_like(ptr_tokens)], axis=1)
     key_valid = jnp.concatenate([valid_sp, ptr_tok_valid], axis=1)
-    return memory, memory_pos, key_valid, ptr_tokens.shape[1]
+    extra = None
+    if n_extra:
+        n_ptr = ptr_tokens.shape[1]
+        extra = jnp.concatenate([
+            jnp.concatenate([extra_sp, jnp.ones((b, f * h * w, 1), jnp.float32)], axis=-1),
+            jnp.zeros((b, n_ptr, n_extra + 1), jnp.float32)], axis=1)
+    return memory, memory_pos, key_valid, ptr_tokens.shape[1], extra
 
 
 def rebuild_rings(cfg: EfficientTAMConfig, bank: MemoryBank, frame_outputs: dict, frame_idx: int,

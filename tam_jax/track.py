@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from tam_jax.configs import EfficientTAMConfig
-from tam_jax.memory import MemoryBank, assemble, memory_dtype, write_frame
+from tam_jax.memory import MemoryBank, assemble_with_extra, memory_dtype, write_frame
 from tam_jax.models.tam import EfficientTAM
 
 
@@ -62,21 +62,33 @@ def frame_memory(model: EfficientTAM, features_bhwc, high_res_masks, binarize: b
 
 def conditioned_features(model: EfficientTAM, bank: MemoryBank, features_bhwc, pos_bhwc,
                          frame_idx, num_frames, *, is_init_cond_frame: bool, reverse: bool,
-                         deterministic: bool = True, max_frames: int | None = None) -> jax.Array:
+                         deterministic: bool = True, max_frames: int | None = None,
+                         readout: bool = False):
     """The frame's features (B, h, w, d) as the SAM heads see them: + `no_mem_embed` on an
     initial conditioning frame, else after memory attention over the bank (a bound model;
     dropout draws from its "dropout" rng when not deterministic). max_frames (static): at most
-    this many memory frames are selected, the rest of the bank is left out (`memory.assemble`)."""
+    this many memory frames are selected, the rest of the bank is left out (`memory.assemble`).
+    readout (static; a bank with one extra channel, `empty_bank(extra_channels=1)`, on a
+    tracked frame): also return the memory attention's readout of that channel, (L, B, h*w)
+    (`MemoryAttention`)."""
     cfg = model.cfg
     b, h, w, d = features_bhwc.shape
     if is_init_cond_frame and cfg.directly_add_no_mem_embed:
+        if readout:
+            raise ValueError("readout needs a tracked frame (the memory attention runs)")
         return features_bhwc + model.no_mem_embed.astype(features_bhwc.dtype)
-    memory, memory_pos, valid, n_ptr = assemble(cfg, bank, model.maskmem_tpos_enc, frame_idx,
-                                                num_frames, reverse, max_frames=max_frames)
-    return model.condition_on_memory(
+    memory, memory_pos, valid, n_ptr, extra = assemble_with_extra(
+        cfg, bank, model.maskmem_tpos_enc, frame_idx, num_frames, reverse,
+        max_frames=max_frames)
+    if readout and (extra is None or extra.shape[-1] != 2):
+        raise ValueError("readout needs a bank with one extra channel")
+    out = model.condition_on_memory(
         features_bhwc.reshape(b, h * w, d), pos_bhwc.reshape(b, h * w, d), memory, memory_pos,
-        num_obj_ptr_tokens=n_ptr, key_valid_bm=valid,
-        deterministic=deterministic).reshape(b, h, w, d)
+        num_obj_ptr_tokens=n_ptr, key_valid_bm=valid, deterministic=deterministic,
+        readout_bme=extra if readout else None)
+    if readout:
+        return out[0].reshape(b, h, w, d), out[1]
+    return out.reshape(b, h, w, d)
 
 
 def track_step(

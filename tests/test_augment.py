@@ -185,3 +185,39 @@ def test_fortran_masks_warp_like_c_ones(params, src_hw):
     want = augment.warp_mask(mask, fwd, 64)
     assert got.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(got, want)
+
+
+def test_frame_shift_moves_each_later_frame_with_its_mask():
+    """`frame_shift` (not SAM 2's): frame 0 stays, each later frame moves by its own whole-pixel
+    offset within the bound, its mask with it (the green pixels are still the mask), and what
+    comes in is the fill colour / 0. Its draws come last, so SAM 2's own draws do not change."""
+    frames, rles, _ = _painted_clip(0)
+    cfg = augment.AugmentConfig.none(96)
+    plain = examples.render(frames, rles, (120, 160), _params(), cfg, 1, examples.OutputConfig())
+    shifted_cfg = dataclasses.replace(cfg, frame_shift=0.125)
+    params = augment.sample_params(np.random.default_rng(3), shifted_cfg, 4)
+    shifts = params.frame_shifts
+    assert len(shifts) == 4 and shifts[0] == (0, 0)
+    assert all(abs(d) <= 12 for xy in shifts for d in xy) and len(set(shifts[1:])) > 1
+    out = examples.render(frames, rles, (120, 160), params, shifted_cfg, 1,
+                          examples.OutputConfig())
+    for t, (dx, dy) in enumerate(shifts):
+        want_mask = np.roll(plain["masks"][t, 0], (dy, dx), (0, 1))
+        want_img = np.roll(plain["images"][t], (dy, dx), (0, 1))
+        rows = slice(max(0, dy), 96 + min(0, dy))
+        cols = slice(max(0, dx), 96 + min(0, dx))
+        np.testing.assert_array_equal(out["masks"][t, 0][rows, cols], want_mask[rows, cols])
+        np.testing.assert_array_equal(out["images"][t][rows, cols], want_img[rows, cols])
+        inside = np.zeros((96, 96), bool)
+        inside[rows, cols] = True
+        assert not out["masks"][t, 0][~inside].any()
+        assert (out["images"][t][~inside] == np.asarray(augment.FILL_RGB, np.uint8)).all()
+    # drawn after everything else: the recipe's own draws are the same with and without it
+    full = augment.AugmentConfig(resolution=96)
+    off = augment.sample_params(np.random.default_rng(5), full, 4)
+    on = augment.sample_params(np.random.default_rng(5),
+                               dataclasses.replace(full, frame_shift=0.1), 4)
+    assert off.frame_shifts == () and len(on.frame_shifts) == 4
+    assert dataclasses.replace(on, frame_shifts=()) == off
+    with pytest.raises(ValueError, match="frame_shift"):
+        augment.AugmentConfig(frame_shift=1.5)

@@ -233,9 +233,17 @@ class PooledMemoryCrossAttention(RoPEAttention):
 
     @nn.compact
     def __call__(self, q_bnc, k_bmc, v_bmc, num_k_exclude_rope: int = 0, key_valid_bm=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, readout_bme=None):
+        """readout_bme (B, M, E) or None: per-key values to read out with the same attention
+        (pooled as the values are): -> (out, readout (B, N, E) float32) instead of out. The
+        output is unchanged: the readout rides along as E extra value channels of every head,
+        averaged over heads (training's memory-readout loss, `losses.memory_readout`)."""
         q, k, v = self.project(q_bnc, k_bmc, v_bmc)
         q, k = self.rotate(q, k, num_k_exclude_rope)
+        if readout_bme is not None:
+            extra = jnp.broadcast_to(readout_bme[:, None].astype(v.dtype),
+                                     (v.shape[0], v.shape[1]) + readout_bme.shape[1:])
+            v = jnp.concatenate([v, extra], axis=-1)
         rng = self.dropout_rng(deterministic)
         n, m = q.shape[2], k.shape[2]
         num_frames = (m - num_k_exclude_rope) // n
@@ -255,6 +263,10 @@ class PooledMemoryCrossAttention(RoPEAttention):
                 needs_full = jnp.sum(jnp.any(frames_valid, axis=-1), axis=-1) < 2  # (B,)
                 mixed = lambda: jnp.where(needs_full[:, None, None, None], full(), pooled())
                 out = jax.lax.cond(jnp.any(needs_full), mixed, pooled)
+        if readout_bme is not None:
+            e = readout_bme.shape[-1]
+            readout = jnp.mean(out[..., -e:].astype(jnp.float32), axis=1)  # (B, N, E)
+            return self.finish(out[..., :-e]), readout
         return self.finish(out)
 
     def _pooled(self, q, k, v, num_ptr: int, key_valid_bm, rng):
@@ -317,11 +329,12 @@ class PooledMemoryCrossAttention(RoPEAttention):
             raise ValueError(f"{num_ptr} pointer tokens are not groups of pool_window^2 = {g}")
         groups = num_ptr // g
         if valid_p is None:
-            pool = lambda x: x.reshape(b, nh, groups, g, d).mean(axis=3)
+            pool = lambda x: x.reshape(b, nh, groups, g, x.shape[-1]).mean(axis=3)
             return pool(k_p), pool(v_p), jnp.full((groups,), math.log(g), jnp.float32), None
         wts = valid_p.reshape(b, 1, groups, g, 1).astype(jnp.float32)
         count = wts.sum(axis=3)  # (B, 1, groups, 1)
-        pool = lambda x: (x.reshape(b, nh, groups, g, d) * wts).sum(axis=3) / jnp.maximum(count, 1)
+        pool = lambda x: ((x.reshape(b, nh, groups, g, x.shape[-1]) * wts).sum(axis=3)
+                          / jnp.maximum(count, 1))
         count_bg = count[:, 0, :, 0]
         const = jnp.log(jnp.maximum(count_bg, 1.0))
         return pool(k_p), pool(v_p), const, count_bg > 0

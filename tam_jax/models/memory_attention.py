@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from tam_jax.configs import EfficientTAMConfig
 from tam_jax.models import layers
@@ -27,7 +28,7 @@ class MemoryAttentionLayer(nn.Module):
 
     @nn.compact
     def __call__(self, tgt, memory, memory_pos, num_k_exclude_rope: int, key_valid_bm,
-                 deterministic: bool):
+                 deterministic: bool, readout_bme=None):
         ma = self.cfg.memory_attention
         ca = ma.cross_attention
         dt = layers.compute_dtype(self.cfg.compute_dtype)
@@ -47,14 +48,19 @@ class MemoryAttentionLayer(nn.Module):
             log_area_constant=ca.log_area_constant, pool_pointer_tokens=ca.pool_pointer_tokens,
             dtype=dt, name="cross_attn_image")
         t2 = cross(t2, memory + memory_pos, memory, num_k_exclude_rope=num_k_exclude_rope,
-                   key_valid_bm=key_valid_bm, deterministic=deterministic)
+                   key_valid_bm=key_valid_bm, deterministic=deterministic,
+                   readout_bme=readout_bme)
+        readout = None
+        if readout_bme is not None:
+            t2, readout = t2
         tgt = tgt + drop(t2, "dropout2")
 
         t2 = layers.layer_norm("norm3", ma.layer_norm_eps, dt)(tgt)
         t2 = layers.dense(ma.dim_feedforward, ("hidden", "mlp"), "linear1", dtype=dt)(t2)
         t2 = drop(jax.nn.relu(t2), "dropout")
         t2 = layers.dense(ma.d_model, ("mlp", "hidden"), "linear2", dtype=dt)(t2)
-        return tgt + drop(t2, "dropout3")
+        out = tgt + drop(t2, "dropout3")
+        return out if readout_bme is None else (out, readout)
 
 
 class MemoryAttention(nn.Module):
@@ -63,14 +69,19 @@ class MemoryAttention(nn.Module):
     curr, curr_pos (B, HW, d_model): backbone tokens of the current frame and their sine PE;
     memory, memory_pos (B, M, kv_in_dim): F memory frames x HW tokens, then
     `num_obj_ptr_tokens` object-pointer tokens; key_valid_bm (B, M) bool or None.
-    Returns the conditioned tokens (B, HW, d_model) in the compute dtype.
+    Returns the conditioned tokens (B, HW, d_model) in the compute dtype; with readout_bme
+    (B, M, 2): per key, the value to read out (a memory frame's object mask at that token) and
+    1 for spatial keys / 0 for pointer tokens, also the readout (L, B, HW): per layer and query
+    token, the attention-weighted mask over the spatial keys (the attention mass on pointer
+    tokens left out; training's `losses.memory_readout`).
     """
 
     cfg: EfficientTAMConfig
 
     @nn.compact
     def __call__(self, curr_bnc, curr_pos_bnc, memory_bmc, memory_pos_bmc,
-                 num_obj_ptr_tokens: int = 0, key_valid_bm=None, deterministic: bool = True):
+                 num_obj_ptr_tokens: int = 0, key_valid_bm=None, deterministic: bool = True,
+                 readout_bme=None):
         ma = self.cfg.memory_attention
         dt = layers.compute_dtype(self.cfg.compute_dtype)
         if memory_bmc.shape[:2] != memory_pos_bmc.shape[:2]:
@@ -82,7 +93,14 @@ class MemoryAttention(nn.Module):
             x = x + 0.1 * curr_pos_bnc
         x = x.astype(dt)
         memory, memory_pos = memory_bmc.astype(dt), memory_pos_bmc.astype(dt)
+        readouts = []
         for i in range(ma.num_layers):
             x = MemoryAttentionLayer(self.cfg, name=f"layers_{i}")(
-                x, memory, memory_pos, num_obj_ptr_tokens, key_valid_bm, deterministic)
-        return layers.layer_norm("norm", ma.layer_norm_eps, dt)(x)
+                x, memory, memory_pos, num_obj_ptr_tokens, key_valid_bm, deterministic,
+                readout_bme)
+            if readout_bme is not None:
+                x, r = x
+                # mass on object tokens / mass on spatial tokens
+                readouts.append(r[..., 0] / jnp.maximum(r[..., 1], 1e-6))
+        x = layers.layer_norm("norm", ma.layer_norm_eps, dt)(x)
+        return x if readout_bme is None else (x, jnp.stack(readouts))

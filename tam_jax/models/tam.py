@@ -217,11 +217,13 @@ class EfficientTAM(nn.Module):
     # ------------------------------------------------------------------ memory
     def condition_on_memory(self, curr_bnc, curr_pos_bnc, memory_bmc, memory_pos_bmc,
                             num_obj_ptr_tokens: int, key_valid_bm=None,
-                            deterministic: bool = True) -> jax.Array:
-        """Memory attention: current tokens (B, HW, 256) attend to memory (B, M, 64)."""
+                            deterministic: bool = True, readout_bme=None):
+        """Memory attention: current tokens (B, HW, 256) attend to memory (B, M, 64); with
+        readout_bme also the per-layer readout (`MemoryAttention`)."""
         return self.memory_attention(curr_bnc, curr_pos_bnc, memory_bmc, memory_pos_bmc,
                                      num_obj_ptr_tokens=num_obj_ptr_tokens,
-                                     key_valid_bm=key_valid_bm, deterministic=deterministic)
+                                     key_valid_bm=key_valid_bm, deterministic=deterministic,
+                                     readout_bme=readout_bme)
 
     def encode_memory(self, features_bhwc, high_res_masks_bhw1, skip_mask_sigmoid: bool = True):
         """Memory encoder on the raw backbone features and prepared mask logits."""

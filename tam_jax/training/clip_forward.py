@@ -56,11 +56,20 @@ _METRIC_SUMS = ("iou_sum", "best_iou_sum", "num_present", "obj_correct", "num_va
 
 
 def _zero_terms() -> dict:
-    return {k: jnp.zeros((), jnp.float32) for k in losses.TERMS + _METRIC_SUMS}
+    return {k: jnp.zeros((), jnp.float32)
+            for k in losses.TERMS + ("loss_readout",) + _METRIC_SUMS}
+
+
+def _token_mask(gt_nss, h: int, w: int):
+    """GT masks (N, S, S) -> the fraction of each memory token's pixels inside, (N, h, w, 1)."""
+    n, s, _ = gt_nss.shape
+    m = gt_nss.astype(jnp.float32).reshape(n, h, s // h, w, s // w)
+    return m.mean(axis=(2, 4))[..., None]
 
 
 def _add(acc: dict, new: dict) -> dict:
-    return {k: acc[k] + new[k] for k in acc}
+    """acc + new, key by key; a term `new` lacks (e.g. "loss_readout") adds nothing."""
+    return {k: acc[k] + new[k] if k in new else acc[k] for k in acc}
 
 
 class _Frame:
@@ -239,9 +248,20 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
     feats = feats.reshape((b, t_len) + feats.shape[1:])  # (B, T, h, w, C)
     pos = pos.reshape((b, t_len) + pos.shape[1:])
 
-    bank = empty_bank(cfg, n, cond_capacity=cond_capacity)
-    terms = _zero_terms()
     needs_memory = t_len > 1
+    # the memory-readout loss (off in SAM 2's recipe) stores each memory frame's GT mask per
+    # token in one extra bank channel, which the memory attention reads out
+    readout = needs_memory and loss_cfg.weight_memory_readout > 0
+    bank = empty_bank(cfg, n, cond_capacity=cond_capacity, extra_channels=int(readout))
+    fh, fw = feats.shape[2:4]
+
+    def stored(mem, frame):
+        """A frame's memory features as the bank stores them (+ its token mask, readout)."""
+        if not readout:
+            return mem
+        return jnp.concatenate([mem, _token_mask(frame.gt, fh, fw).astype(mem.dtype)], -1)
+
+    terms = _zero_terms()
     finals = []
 
     # -- 2. initial conditioning frames (static count and prompt kinds)
@@ -274,7 +294,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
         finals.append(heads["low_res_masks"])
         if needs_memory:
             mem = frame_memory(model, frame.feats, heads["high_res_masks"], binarize=False)
-            bank = write_frame(bank, f, mem, heads["obj_ptr"], is_cond=True)
+            bank = write_frame(bank, f, stored(mem, frame), heads["obj_ptr"], is_cond=True)
 
     # -- 3. the other frames, in order, with memory
     def track_one(carry, xs, max_frames):
@@ -285,9 +305,16 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
         model = model_fn(k_heads)
         pix = conditioned_features(model, bank, frame.feats, frame.pos, f, t_len,
                                    is_init_cond_frame=False, reverse=False,
-                                   deterministic=deterministic, max_frames=max_frames)
+                                   deterministic=deterministic, max_frames=max_frames,
+                                   readout=readout)
+        step = {}
+        if readout:
+            pix, read = pix
+            target = _token_mask(frame.gt, fh, fw).reshape(n, fh * fw)
+            step["loss_readout"] = losses.memory_readout(read, target, valid_n, num_objects)
         heads = model.sam_heads(pix, None, None, None, use_multimask(cfg, False, 0))
-        terms = _add(terms, _step_terms(heads, frame, valid_n, num_objects, loss_cfg))
+        step |= _step_terms(heads, frame, valid_n, num_objects, loss_cfg)
+        terms = _add(terms, step)
         final = {k: heads[k] for k in _HEAD_KEYS}
         if kind.corrections:
             def with_clicks(_):
@@ -304,7 +331,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
             final, more = jax.lax.cond(is_corrected, with_clicks, without, None)
             terms = _add(terms, more)
         mem = frame_memory(model_fn(None), frame.feats, final["high_res_masks"], binarize=False)
-        bank = write_frame_as(bank, f, mem, final["obj_ptr"], is_corrected)
+        bank = write_frame_as(bank, f, stored(mem, frame), final["obj_ptr"], is_corrected)
         return (bank, terms), (final["low_res_masks"] if return_frames else None)
 
     num_slots = cond_capacity + cfg.num_maskmem - 1
@@ -318,6 +345,8 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
             finals += list(tracked)
 
     loss = losses.total(loss_cfg, terms)
+    if readout:
+        loss = loss + loss_cfg.weight_memory_readout * terms["loss_readout"]
     aux = dict(terms)
     if return_frames:
         aux["low_res_masks"] = jnp.stack(finals)

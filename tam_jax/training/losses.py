@@ -55,6 +55,8 @@ class LossConfig:
     supervise_all_iou: bool = True  # IoU loss on all M masks (mean), else on `best` only
     iou_use_l1: bool = True  # else squared error
     pred_obj_scores: bool = True  # False: no class loss, every object counts as present
+    # Not SAM 2's: a loss on the memory attention's match (`memory_readout`); 0 = off, SAM 2
+    weight_memory_readout: float = 0.0
 
     @property
     def weights(self) -> dict[str, float]:
@@ -220,6 +222,26 @@ def step_losses_and_metrics(cfg: LossConfig, mask_logits: jax.Array, ious: jax.A
         "num_valid": jnp.sum(valid, dtype=f32),
     }
     return losses, metrics
+
+
+def memory_readout(readout_lnt: jax.Array, target_nt: jax.Array, valid_n: jax.Array,
+                   num_objects: jax.Array | float) -> jax.Array:
+    """Not in SAM 2: how well the memory attention finds the object. readout (L, N, HW): per
+    memory-attention layer, object and query token, the attention-weighted object mask of the
+    memory frames' tokens (`MemoryAttention` with `readout_bme`), in [0, 1]; target (N, HW):
+    the tracked frame's ground-truth mask averaged over each token's pixels. -> binary cross
+    entropy, mean over layers and tokens, summed over valid objects / num_objects.
+
+    Copying a mask in place scores badly on this loss once the object has moved: it rewards
+    attention that goes from where the object is now to where it was, which is the appearance
+    match the demo's model does not learn from the mask losses alone (docs/benchmarks.md)."""
+    eps = 1e-4
+    r = jnp.clip(readout_lnt.astype(jnp.float32), eps, 1.0 - eps)
+    t = target_nt.astype(jnp.float32)[None]
+    bce = -(t * jnp.log(r) + (1.0 - t) * jnp.log1p(-r))  # (L, N, HW)
+    per_obj = jnp.mean(bce, axis=(0, 2))
+    denom = jnp.maximum(jnp.asarray(num_objects, jnp.float32), 1.0)
+    return jnp.sum(jnp.where(valid_n, per_obj, 0.0)) / denom
 
 
 def step_losses(cfg: LossConfig, mask_logits: jax.Array, ious: jax.Array, obj_logits: jax.Array,

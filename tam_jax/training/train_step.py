@@ -103,7 +103,8 @@ def make_train_step(cfg: StepConfig, opt: optax.GradientTransformation, kind: pr
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                                   opt_state=keep(opt_state, state.opt_state))
-        metrics = {"loss": loss, **{k: aux[k] for k in losses.TERMS},
+        readout = ("loss_readout",) if cfg.losses.weight_memory_readout > 0 else ()
+        metrics = {"loss": loss, **{k: aux[k] for k in losses.TERMS + readout},
                    **losses.summarize_metrics(aux), "grad_norm": grad_norm,
                    "num_objects": num_objects, "finite": finite.astype(jnp.float32),
                    **learning_rates(cfg.optimizer, state.step)}

@@ -106,7 +106,7 @@ class _MetricWindow:
     IoU metrics of each kind (absent when the window had no batch of that kind). A resumed
     run's first window starts at its restored step."""
 
-    PER_KIND = ("loss", *losses.TERMS, "iou", "best_iou", "obj_acc")
+    PER_KIND = ("loss", *losses.TERMS, "loss_readout", "iou", "best_iou", "obj_acc")
 
     def __init__(self, config):
         from input_pipeline.pipeline import IMAGE_DATASETS, VIDEO_DATASETS
