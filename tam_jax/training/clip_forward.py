@@ -255,11 +255,11 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
     bank = empty_bank(cfg, n, cond_capacity=cond_capacity, extra_channels=int(readout))
     fh, fw = feats.shape[2:4]
 
-    def stored(mem, frame):
+    def stored(mem, token_mask):
         """A frame's memory features as the bank stores them (+ its token mask, readout)."""
         if not readout:
             return mem
-        return jnp.concatenate([mem, _token_mask(frame.gt, fh, fw).astype(mem.dtype)], -1)
+        return jnp.concatenate([mem, token_mask.astype(mem.dtype)], -1)
 
     terms = _zero_terms()
     finals = []
@@ -294,7 +294,8 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
         finals.append(heads["low_res_masks"])
         if needs_memory:
             mem = frame_memory(model, frame.feats, heads["high_res_masks"], binarize=False)
-            bank = write_frame(bank, f, stored(mem, frame), heads["obj_ptr"], is_cond=True)
+            token_mask = _token_mask(frame.gt, fh, fw) if readout else None
+            bank = write_frame(bank, f, stored(mem, token_mask), heads["obj_ptr"], is_cond=True)
 
     # -- 3. the other frames, in order, with memory
     def track_one(carry, xs, max_frames):
@@ -307,11 +308,12 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
                                    is_init_cond_frame=False, reverse=False,
                                    deterministic=deterministic, max_frames=max_frames,
                                    readout=readout)
-        step = {}
+        step, token_mask = {}, None
         if readout:
             pix, read = pix
-            target = _token_mask(frame.gt, fh, fw).reshape(n, fh * fw)
-            step["loss_readout"] = losses.memory_readout(read, target, valid_n, num_objects)
+            token_mask = _token_mask(frame.gt, fh, fw)  # the target here, stored below
+            step["loss_readout"] = losses.memory_readout(read, token_mask.reshape(n, fh * fw),
+                                                         valid_n, num_objects)
         heads = model.sam_heads(pix, None, None, None, use_multimask(cfg, False, 0))
         step |= _step_terms(heads, frame, valid_n, num_objects, loss_cfg)
         terms = _add(terms, step)
@@ -331,7 +333,7 @@ def clip_loss(cfg: EfficientTAMConfig, params, batch: dict, kind: prompts.PlanKi
             final, more = jax.lax.cond(is_corrected, with_clicks, without, None)
             terms = _add(terms, more)
         mem = frame_memory(model_fn(None), frame.feats, final["high_res_masks"], binarize=False)
-        bank = write_frame_as(bank, f, stored(mem, frame), final["obj_ptr"], is_corrected)
+        bank = write_frame_as(bank, f, stored(mem, token_mask), final["obj_ptr"], is_corrected)
         return (bank, terms), (final["low_res_masks"] if return_frames else None)
 
     num_slots = cond_capacity + cfg.num_maskmem - 1
