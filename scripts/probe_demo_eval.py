@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Probe where a tracker loses its objects: J and F per annotated frame, and the demo model
+re-evaluated with a smaller memory.
+
+    python scripts/probe_demo_eval.py per-frame --pred_dir artifacts/demo/eval/trained/predictions \
+        --gt_dir artifacts/demo/raw/sav_val/Annotations_6fps
+    python scripts/probe_demo_eval.py memory --checkpoint artifacts/demo/run \
+        --data_dir artifacts/demo/raw/sav_val --num_maskmem 2 --max_obj_ptrs 3 --out /tmp/mm2
+
+per-frame  J (IoU) and boundary F (the SA-V evaluator's `metrics.region_j` / `boundary_f`) of
+           every object at every annotated frame of SA-V-layout predictions (per-object PNG
+           folders, as `scripts/evaluate.py run` writes them), averaged over objects per frame
+           index. The J&F of `evaluate.py` averages the same numbers over frames (first and
+           last left out) and then objects; this shows *when* a tracker drifts: right after
+           the prompt, or late in the video.
+memory     the demo checkpoint (a training run directory, as `make demo` writes) tracked with
+           `num_maskmem` memory frames (1 conditioning + num_maskmem - 1 recent) and at most
+           `max_obj_ptrs` object pointers, instead of the trained 7 and 16. The temporal
+           position table is cut to the rows those frames use (recent frame at distance d:
+           row d - 1; the conditioning frame: the last row), so every frame reads the row
+           it read in the full model. Asks: does evaluation reading memory slots that short
+           training clips never filled (their rows left at their initial values) hurt?
+
+docs/benchmarks.md (`make demo`, probes of the seventh session) has what these found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def per_frame_scores(pred_root, gt_root) -> dict[int, dict[str, float]]:
+    """{frame index: {"J": mean, "F": mean, "objects": count}} over every object of every video
+    of an SA-V-layout ground truth (gt_root/<video>/<object>/<frame>.png) and predictions in the
+    same layout. A missing prediction raises (`io.MissingPredictionError`, naming the file)."""
+    from tam_jax.evaluation import io
+    from tam_jax.evaluation.metrics import boundary_f, region_j
+
+    pred_root, gt_root = Path(pred_root), Path(gt_root)
+    sums: dict[int, list[float]] = {}
+    for video in io.list_videos(gt_root):
+        io.require_prediction_video(pred_root, video)
+        for obj, frames in io.sav_object_frames(gt_root, video).items():
+            for name in frames:
+                pred_path = pred_root / video / obj / name
+                if not pred_path.is_file():
+                    raise io.MissingPredictionError(
+                        f"missing prediction {pred_path} (the ground truth has "
+                        f"{gt_root / video / obj / name})")
+                gt = io.read_binary_mask(gt_root / video / obj / name)
+                pred = io.read_binary_mask(pred_path)
+                acc = sums.setdefault(int(Path(name).stem), [0.0, 0.0, 0])
+                acc[0] += region_j(pred, gt)
+                acc[1] += boundary_f(pred, gt)
+                acc[2] += 1
+    return {t: {"J": j / n, "F": f / n, "objects": n} for t, (j, f, n) in sorted(sums.items())}
+
+
+def cut_temporal_table(tpos: np.ndarray, num_maskmem: int) -> np.ndarray:
+    """A (num_maskmem_trained, 1, 1, C) `maskmem_tpos_enc` cut to (num_maskmem, 1, 1, C): rows
+    0 .. num_maskmem - 2 (the recent frames at distance 1 .. num_maskmem - 1) and the last row
+    (the conditioning frame), the rows those frames read in the full table."""
+    n = tpos.shape[0]
+    if not 1 <= num_maskmem <= n:
+        raise ValueError(f"num_maskmem must be in [1, {n}] (the trained table), got {num_maskmem}")
+    return np.concatenate([tpos[: num_maskmem - 1], tpos[n - 1:]], axis=0)
+
+
+def _cut_params(params: dict, num_maskmem: int) -> dict:
+    """params with every `maskmem_tpos_enc` leaf cut (a copy; the input is not changed)."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out[k] = _cut_params(v, num_maskmem)
+        elif k == "maskmem_tpos_enc":
+            out[k] = cut_temporal_table(np.asarray(v), num_maskmem)
+        else:
+            out[k] = v
+    return out
+
+
+def _per_frame(args) -> int:
+    scores = per_frame_scores(args.pred_dir, args.gt_dir)
+    print(f"{'frame':>6} {'objects':>8} {'J':>6} {'F':>6} {'J&F':>6}")
+    for t, s in scores.items():
+        print(f"{t:>6} {s['objects']:>8} {s['J']:>6.3f} {s['F']:>6.3f} "
+              f"{(s['J'] + s['F']) / 2:>6.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(t): s for t, s in scores.items()}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _memory(args) -> int:
+    from scripts.evaluate import _parse_override
+    from tam_jax.evaluation.run import predictor_track_fn, run_videos
+    from tam_jax.evaluation.weights import eval_config, load_eval_model
+    from tam_jax.video_predictor import VideoPredictor
+
+    overrides = dict(_parse_override(kv) for kv in args.override)
+    trained, params = load_eval_model(args.checkpoint, args.variant, overrides)
+    cut = {**overrides, "num_maskmem": args.num_maskmem,
+           "max_obj_ptrs_in_encoder": args.max_obj_ptrs}
+    cfg = eval_config(trained.name, cut)
+    params = _cut_params(params, args.num_maskmem)
+    print(f"{trained.name}: memory {trained.num_maskmem} frames / "
+          f"{trained.max_obj_ptrs_in_encoder} pointers -> {cfg.num_maskmem} / "
+          f"{cfg.max_obj_ptrs_in_encoder}")
+    result = run_videos(predictor_track_fn(VideoPredictor(cfg, params, progress=False)),
+                        args.data_dir, args.format, args.out, progress=not args.quiet,
+                        context={"tracker": "model", "checkpoint": str(args.checkpoint),
+                                 "variant": cfg.name, "overrides": cut})
+    s = result.summary["scores"]
+    print(f"J&F {s['J&F']:.3f}  J {s['J']:.3f}  F {s['F']:.3f}  ({args.out}/summary.json)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True)
+    pf = sub.add_parser("per-frame", help="J and F per annotated frame index")
+    pf.add_argument("--pred_dir", required=True, help="SA-V-layout predictions (per-object PNGs)")
+    pf.add_argument("--gt_dir", required=True, help="SA-V-layout ground truth (Annotations_6fps)")
+    pf.add_argument("--json", help="also write the table here")
+    pf.set_defaults(fn=_per_frame)
+    mm = sub.add_parser("memory", help="re-evaluate with a smaller memory")
+    mm.add_argument("--checkpoint", required=True, help="training run directory (or model dir)")
+    mm.add_argument("--variant", default="tiny_full", help="the checkpoint's model variant")
+    mm.add_argument("--override", action="append", default=["conv_impl=matmul"],
+                    metavar="KEY=VALUE", help="model overrides the run trained with "
+                    "(default: the demo's conv_impl=matmul)")
+    mm.add_argument("--data_dir", required=True, help="held-out videos (SA-V val layout)")
+    mm.add_argument("--format", default="sav", choices=("sav", "davis"))
+    mm.add_argument("--num_maskmem", type=int, default=2,
+                    help="memory frames: 1 conditioning + num_maskmem - 1 recent")
+    mm.add_argument("--max_obj_ptrs", type=int, default=3, help="object pointers at most")
+    mm.add_argument("--out", required=True, help="predictions, per-video CSV, summary.json")
+    mm.add_argument("--quiet", action="store_true", help="no progress bar")
+    mm.set_defaults(fn=_memory)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
