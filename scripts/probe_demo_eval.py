@@ -49,11 +49,8 @@ def per_frame_scores(pred_root, gt_root) -> dict[int, dict[str, float]]:
         io.require_prediction_video(pred_root, video)
         for obj, frames in io.sav_object_frames(gt_root, video).items():
             for name in frames:
-                pred_path = pred_root / video / obj / name
-                if not pred_path.is_file():
-                    raise io.MissingPredictionError(
-                        f"missing prediction {pred_path} (the ground truth has "
-                        f"{gt_root / video / obj / name})")
+                # the scorer's own lookup: MissingPredictionError naming both files
+                pred_path = io._pred_path(pred_root / video / obj, name, gt_root / video / obj)
                 gt = io.read_binary_mask(gt_root / video / obj / name)
                 pred = io.read_binary_mask(pred_path)
                 acc = sums.setdefault(int(Path(name).stem), [0.0, 0.0, 0])
