@@ -183,7 +183,11 @@ def _timed_pass(frames_iter, warmup_frames: int) -> list[float]:
 
 def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
                 objects: list[int], folder: Path, flops_only: bool = False,
-                conv_impl: str | None = None) -> dict:
+                conv_impl: str | None = None, matmul_precision: str = "float32",
+                official_bf16: bool = False) -> dict:
+    import contextlib
+    import dataclasses
+
     import numpy as np
     import torch
 
@@ -200,7 +204,8 @@ def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
     official = build_official_model(cfg, seed=0, video=True)
     randomize_(official, seed=0)
     make_objects_present_(official)  # object present on every frame: the full path is timed
-    ours = VideoPredictor(cfg, official_to_params(official.state_dict(), cfg), progress=False,
+    ours = VideoPredictor(dataclasses.replace(cfg, matmul_precision=matmul_precision),
+                          official_to_params(official.state_dict(), cfg), progress=False,
                           conv_impl=conv_impl)
     clicks = [np.array([[200.0 + 25 * (k % 8), 240.0 + 40 * (k // 8)]]) for k in range(16)]
 
@@ -211,7 +216,10 @@ def bench_track(variant: str, frames: int, warmup_frames: int, repeats: int,
         return state
 
     def pass_theirs():
-        with torch.inference_mode():
+        # --official-bf16: PyTorch's CPU autocast (oneDNN bf16 matmuls / convolutions)
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if official_bf16
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             state = official.init_state(str(folder))
             official.add_new_points(state, 0, 0, clicks[0], np.array([1], np.int32))
             return _timed_pass(official.propagate_in_video(state), warmup_frames)
@@ -290,6 +298,15 @@ def _frame_gflop(predictor, run_pass) -> dict:
     return out
 
 
+def _precision_tag(args) -> str:
+    """Suffix of a result's name when either side runs other than float32 (so its recorded
+    figures never compare with the float32 ones)."""
+    if args.matmul_precision == "float32" and not args.official_bf16:
+        return ""
+    return (" [bf16 matmuls]" if args.matmul_precision == "bfloat16" else " [float32]") + (
+        " vs official bf16 autocast" if args.official_bf16 else " vs official float32")
+
+
 def main_track(args, argv) -> int:
     import tempfile
 
@@ -304,12 +321,14 @@ def main_track(args, argv) -> int:
         _write_jpeg_video(folder, args.frames)
         for v in args.variants:
             print(f"[benchmark track] {v}: building, converting, compiling ...", flush=True)
-            results[v] = bench_track(v, args.frames, args.warmup_frames, args.repeats,
-                                     args.objects, folder, flops_only=args.flops_only,
-                                     conv_impl=args.conv_impl)
+            results[v + _precision_tag(args)] = bench_track(
+                v, args.frames, args.warmup_frames, args.repeats, args.objects, folder,
+                flops_only=args.flops_only, conv_impl=args.conv_impl,
+                matmul_precision=args.matmul_precision, official_bf16=args.official_bf16)
     meta = {
         "what": ("video tracking: seconds per frame, 480x640 JPEG frames, 1 click on frame 0, "
-                 "forward propagation, float32"
+                 f"forward propagation; tam_jax matmuls {args.matmul_precision}, official "
+                 + ("bf16 CPU autocast" if args.official_bf16 else "float32")
                  + ("; --flops-only: matmul GFLOP per frame, no timing" if args.flops_only
                     else "")),
         "machine": f"{cpu_model()}, {os.cpu_count()} cpus",
@@ -323,28 +342,29 @@ def main_track(args, argv) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     objs = "".join(f"{f'{n} obj ms':>11}" for n in args.objects)
+    w = max([26] + [len(v) + 2 for v in results])  # the name column
     hi, lo = max(args.objects), min(args.objects)
     if args.flops_only:
-        print(f"\n{'variant':<26}" + "".join(f"{f'{n} obj GFLOP':>14}" for n in args.objects)
+        print(f"\n{'variant':<{w}}" + "".join(f"{f'{n} obj GFLOP':>14}" for n in args.objects)
               + f"{f'{hi}/{lo}':>7}   (per frame, full memory: encoder + track step)")
         for v, r in results.items():
             g = r["gflop_per_frame"]
-            print(f"{v:<26}" + "".join(f"{g[n]['total']:>14.1f}" for n in args.objects)
+            print(f"{v:<{w}}" + "".join(f"{g[n]['total']:>14.1f}" for n in args.objects)
                   + f"{g[hi]['total'] / g[lo]['total']:>7.2f}   encoder "
                   f"{g[lo]['encoder']:.1f}, track step per object {g[lo]['track_step'] / lo:.1f}")
         print(f"\nJSON: {out}")
         return 0
-    print(f"\n{'variant':<26}{'official ms':>13}{'tam_jax ms':>12}{'ratio':>8}{objs}"
+    print(f"\n{'variant':<{w}}{'official ms':>13}{'tam_jax ms':>12}{'ratio':>8}{objs}"
           f"{f'{hi}/{lo}':>7}{'FLOP ' + f'{hi}/{lo}':>11}")
     for v, r in results.items():
         per, gflop = r["tam_jax_objects"], r["gflop_per_frame"]
         cells = "".join(f"{per[n]['median_s'] * 1e3:>11.1f}" for n in args.objects)
         scale = per[hi]["median_s"] / per[lo]["median_s"]
-        print(f"{v:<26}{r['official']['median_s'] * 1e3:>13.1f}"
+        print(f"{v:<{w}}{r['official']['median_s'] * 1e3:>13.1f}"
               f"{r['tam_jax']['median_s'] * 1e3:>12.1f}"
               f"{r['ratio_tam_jax_over_official']:>8.2f}{cells}{scale:>7.2f}"
               f"{gflop[hi]['total'] / gflop[lo]['total']:>11.2f}")
-        print(f"{'':<26}GFLOP per frame (encoder + track step): " + ", ".join(
+        print(f"{'':<{w}}GFLOP per frame (encoder + track step): " + ", ".join(
             f"{n} obj {gflop[n]['encoder']:.1f} + {gflop[n]['track_step']:.1f}"
             for n in args.objects))
     print(f"\nper-frame medians; ratio = tam_jax / official (target <= 1.0); {hi}/{lo} objects "
@@ -429,6 +449,14 @@ def run_one(what: str, argv: list[str]) -> tuple[int, str]:
     parser.add_argument("--conv-impl", choices=("xla", "matmul"), default=None,
                         help="track: tam_jax's convolutions (default: the predictor's choice, "
                              "matmul on CPU)")
+    parser.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
+                        default="float32",
+                        help="track: tam_jax's matmul operands (EfficientTAMConfig."
+                             "matmul_precision; bfloat16: bf16 operands, float32 accumulation)")
+    parser.add_argument("--official-bf16", action="store_true",
+                        help="track: run the official predictor under torch.autocast('cpu', "
+                             "bfloat16), the like-for-like comparison for --matmul-precision "
+                             "bfloat16")
     parser.add_argument("--flops-only", action="store_true",
                         help="track: no timing (the official model is built only for its "
                              "weights); the matmul GFLOP of one frame for each --objects "

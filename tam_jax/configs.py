@@ -24,6 +24,7 @@ from typing import Any, Literal
 LogAreaConstant = Literal["logits", "keys", "none"]
 ComputeDtype = Literal["float32", "bfloat16"]
 ConvImpl = Literal["xla", "matmul"]
+MatmulPrecision = Literal["float32", "bfloat16"]
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -165,6 +166,15 @@ class EfficientTAMConfig:
     # TPU / GPU) or "matmul" (slices + matmul; several times faster to *train* on CPU, whose
     # XLA conv weight gradients are slow). See `models.layers.Conv2d`.
     conv_impl: ConvImpl = "xla"
+    # Operands of the model's matmuls and convolutions: "float32" (the official numerics, what
+    # parity tests use) or "bfloat16" (float32 operands rounded to bf16, float32 accumulation and
+    # activations, as a TPU's default precision; ~1.5x faster tracking on a CPU with
+    # AVX512-BF16, logits within ~1e-2 of float32). See `models.layers`, docs/benchmarks.md.
+    matmul_precision: MatmulPrecision = "float32"
+    # Attention over >= 2048 keys (the memory cross-attention) loops over its batch (objects)
+    # instead of one batched dot: same result, faster on XLA:CPU (the video predictor turns it
+    # on there); TPU / GPU keep the batched dot. See `models.attention.BATCH_LOOP_MIN_KEYS`.
+    attention_batch_loop: bool = False
 
     @property
     def feat_size(self) -> int:
@@ -206,6 +216,9 @@ class EfficientTAMConfig:
             errors.append(f"compute_dtype must be float32 or bfloat16, not {self.compute_dtype}")
         if self.conv_impl not in ("xla", "matmul"):
             errors.append(f"conv_impl must be xla or matmul, not {self.conv_impl!r}")
+        if self.matmul_precision not in ("float32", "bfloat16"):
+            errors.append(f"matmul_precision must be float32 or bfloat16, "
+                          f"not {self.matmul_precision!r}")
         if errors:
             raise ValueError(f"invalid config {self.name!r}: " + "; ".join(errors))
         return self

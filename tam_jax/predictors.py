@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tam_jax.configs import EfficientTAMConfig, get_config
+from tam_jax.configs import EfficientTAMConfig, get_config, override
 from tam_jax.models.tam import EfficientTAM, init_params, resize_bilinear
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -215,5 +215,5 @@ def build_image_predictor(variant: str, checkpoint: str | os.PathLike | None = N
     """
     cfg, params = load_weights(variant, checkpoint)
     if config_overrides:
-        cfg = get_config(cfg.name, **config_overrides)
+        cfg = override(cfg, config_overrides).validate()
     return ImagePredictor(cfg, params)

@@ -24,6 +24,7 @@ the official one needs a CUDA extension and is skipped on CPU as well.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 import os
@@ -54,8 +55,12 @@ class VideoPredictor:
                  conv_impl: str | None = None):
         """conv_impl: how convolutions compile ("xla" / "matmul"); None: "matmul" on a CPU
         backend when the config says "xla", else the config's (`predictors.with_conv_impl`:
-        the same numbers to float rounding, the memory encoder ~3x faster on CPU)."""
+        the same numbers to float rounding, the memory encoder ~3x faster on CPU). On a CPU
+        backend the memory cross-attention of several objects also runs one object at a time
+        (`attention_batch_loop`: the same result, faster on XLA:CPU)."""
         cfg = with_conv_impl(cfg, conv_impl)
+        if jax.default_backend() == "cpu":  # several objects: one memory attention at a time
+            cfg = dataclasses.replace(cfg, attention_batch_loop=True)
         self.cfg = cfg
         self.params = jax.device_put(params)
         self.cond_capacity = cond_capacity
@@ -412,11 +417,13 @@ def build_video_predictor(variant: str, checkpoint: str | os.PathLike | None = N
                           cond_capacity: int = DEFAULT_COND_CAPACITY, progress: bool = True,
                           **config_overrides) -> VideoPredictor:
     """A `VideoPredictor` for a released (or test) variant; checkpoint as for the image
-    predictor (None: random weights; an official `.pt`; a tam_jax model directory)."""
-    from tam_jax.configs import get_config
+    predictor (None: random weights; an official `.pt`; a tam_jax model directory).
+    `config_overrides`: top-level config fields, e.g. matmul_precision="bfloat16" (bf16 matmul
+    operands: ~1.5x faster tracking on a CPU with AVX512-BF16, docs/benchmarks.md)."""
+    from tam_jax.configs import override
     from tam_jax.predictors import load_weights
 
     cfg, params = load_weights(variant, checkpoint)
     if config_overrides:
-        cfg = get_config(cfg.name, **config_overrides)
+        cfg = override(cfg, config_overrides).validate()
     return VideoPredictor(cfg, params, cond_capacity=cond_capacity, progress=progress)

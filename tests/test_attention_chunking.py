@@ -93,3 +93,26 @@ def test_chunked_backward_memory_follows_the_chunk():
     assert full > b * h * 2048 * m * 4  # the reference really materialises the softmax
     assert chunked_2k < 0.2 * full, (chunked_2k, full)
     assert chunked_2k < 1.25 * chunked_1k, (chunked_1k, chunked_2k)
+
+
+def test_batch_loop_equals_the_batched_attention():
+    """`attention_batch_loop` (the video predictor's on CPU): the memory cross-attention of
+    several objects one object at a time gives the batched result, with per-object key masks
+    and logit biases, chunked or not; shorter attentions (self-attention) keep the batch."""
+    m = attention.BATCH_LOOP_MIN_KEYS
+    q, k, v, bias, valid = _inputs(b=3, h=1, n=512, m=m)
+    for chunk in (256, 10**9):
+        batched = attention.attend(q, k, v, bias, valid, query_chunk=chunk)
+        with attention.batch_looping(True):
+            looped = jax.jit(lambda *a, c=chunk: attention.attend(*a, query_chunk=c))(
+                q, k, v, bias, valid)
+            text = jax.make_jaxpr(lambda *a: attention.attend(*a))(q, k, v, bias, valid)
+            short = jax.make_jaxpr(lambda *a: attention.attend(*a))(
+                q, k[:, :, :m - 1], v[:, :, :m - 1], bias[:, :m - 1], valid[:, :m - 1])
+        np.testing.assert_allclose(looped, batched, atol=1e-6, rtol=1e-6)
+    # the loop is there (a scan over the 3 objects) for >= BATCH_LOOP_MIN_KEYS keys only
+    lengths = lambda jaxpr: [e.params["length"] for e in jaxpr.jaxpr.eqns
+                             if e.primitive.name == "scan"]
+    assert 3 in lengths(text)
+    assert 3 not in lengths(short)
+    assert attention._batch_loop is False  # restored

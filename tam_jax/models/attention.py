@@ -62,6 +62,25 @@ def query_chunking(size: int | None):
         _query_chunk = saved
 
 
+# XLA:CPU runs a dot with a batch dimension (one q k^T per tracked object) well below the rate
+# of the same dots one at a time (bf16 operands, 16 objects x 256 queries x 7232 keys: 114 vs
+# 191 GFLOP/s; docs/benchmarks.md), so with batch looping on, an attention over at least this
+# many keys (the memory cross-attention) loops over its batch. Same result, another schedule.
+BATCH_LOOP_MIN_KEYS = 2048
+_batch_loop = False  # what `attend` traces with; `EfficientTAM` sets it from its config
+
+
+@contextlib.contextmanager
+def batch_looping(on: bool):
+    """Trace `attend` calls inside with (or without) the loop over the batch (above)."""
+    global _batch_loop
+    saved, _batch_loop = _batch_loop, bool(on)
+    try:
+        yield
+    finally:
+        _batch_loop = saved
+
+
 def attend(
     q_bhnd: jax.Array,
     k_bhmd: jax.Array,
@@ -78,8 +97,16 @@ def attend(
     Logits and softmax run in float32; the result has v's dtype. Dropout (on the attention
     probabilities, as `F.scaled_dot_product_attention(dropout_p=...)`) when `dropout_rng` is set.
     """
+    use_dropout = dropout_rng is not None and dropout_rate > 0.0
+    b, m = q_bhnd.shape[0], k_bhmd.shape[2]
+    if _batch_loop and b > 1 and m >= BATCH_LOOP_MIN_KEYS and not use_dropout:
+        return _attend_per_batch_element(q_bhnd, k_bhmd, v_bhmd, logit_bias_bm, key_valid_bm,
+                                         query_chunk)
     n = q_bhnd.shape[2]
     query_chunk = query_chunk or _query_chunk
+    out_dtype = v_bhmd.dtype
+    # bf16 matmul operands (`layers.matmul_precision`) rounded once, not in every query chunk
+    q_bhnd, k_bhmd, v_bhmd = layers.matmul_operands(q_bhnd, k_bhmd, v_bhmd)
     bias = None
     if logit_bias_bm is not None:
         bias = jnp.asarray(logit_bias_bm, jnp.float32)
@@ -88,12 +115,11 @@ def attend(
         # fold the mask into the bias: masked keys get a logit whose exp underflows to 0
         bias = jnp.where(key_valid_bm[:, None, None, :], 0.0 if bias is None else bias,
                          _MASKED).astype(jnp.float32)
-    use_dropout = dropout_rng is not None and dropout_rate > 0.0
 
     def one_chunk(q, rng):
         scale = 1.0 / math.sqrt(q.shape[-1])
-        logits = jnp.einsum("bhnd,bhmd->bhnm", q, k_bhmd,
-                            preferred_element_type=jnp.float32) * scale
+        logits = layers.einsum("bhnd,bhmd->bhnm", q, k_bhmd,
+                               preferred_element_type=jnp.float32) * scale
         if bias is not None:
             logits = logits + bias
         # Normalise after the value product: one (N, D) division instead of an (N, M) one.
@@ -102,9 +128,9 @@ def attend(
         if use_dropout:
             keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, e.shape)
             e = jnp.where(keep, e / (1.0 - dropout_rate), 0.0)
-        out = jnp.einsum("bhnm,bhmd->bhnd", e.astype(v_bhmd.dtype), v_bhmd,
-                         preferred_element_type=jnp.float32)
-        return (out / denom).astype(v_bhmd.dtype)
+        out = layers.einsum("bhnm,bhmd->bhnd", e.astype(v_bhmd.dtype), v_bhmd,
+                            preferred_element_type=jnp.float32)
+        return (out / denom).astype(out_dtype)
 
     if n <= query_chunk or n % query_chunk:
         return one_chunk(q_bhnd, dropout_rng)
@@ -122,6 +148,23 @@ def attend(
     else:
         out = jax.lax.map(lambda c: body(c, None), chunks)
     return out.transpose(1, 2, 0, 3, 4).reshape(b, h, n, v_bhmd.shape[-1])
+
+
+def _attend_per_batch_element(q_bhnd, k_bhmd, v_bhmd, logit_bias_bm, key_valid_bm,
+                              query_chunk) -> jax.Array:
+    """`attend` (no dropout) as a loop over the batch: one element's dots at a time."""
+    b, m = q_bhnd.shape[0], k_bhmd.shape[2]
+    bias = None
+    if logit_bias_bm is not None:
+        bias = jnp.broadcast_to(jnp.asarray(logit_bias_bm, jnp.float32), (b, m))
+
+    def one(args):
+        q, k, v, bias_m, valid_m = args
+        add_batch = lambda x: None if x is None else x[None]
+        return attend(q[None], k[None], v[None], add_batch(bias_m), add_batch(valid_m),
+                      query_chunk=query_chunk)[0]
+
+    return jax.lax.map(one, (q_bhnd, k_bhmd, v_bhmd, bias, key_valid_bm))
 
 
 class Attention(nn.Module):

@@ -11,10 +11,18 @@ Conventions (architecture.md §1.5, §3):
 - Names of submodules mirror the PyTorch attribute names so the converter's key table stays a
   table: PyTorch `a.b.0.c` <-> Flax `a/b_0/c`.
 - Activation: `gelu` is the exact erf form (PyTorch `nn.GELU()`), never the tanh approximation.
+- Matmul precision (`EfficientTAMConfig.matmul_precision`): every matmul and convolution of the
+  model goes through `dot_general` / `einsum` / `Conv2d` here, which read the precision set by
+  `matmul_precision(...)` *when traced*. "float32" (default, parity) leaves float32 operands
+  as they are; "bfloat16" rounds float32 operands to bfloat16 and accumulates and returns
+  float32, as a TPU's default precision does; on a CPU with AVX512-BF16 XLA runs such dots at
+  ~2x the float32 rate. `EfficientTAM` enters the context from its config in every method,
+  so a jitted function keyed on the config can never reuse a trace of the other precision.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -37,6 +45,54 @@ def compute_dtype(name: str) -> jnp.dtype:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+MATMUL_PRECISIONS = ("float32", "bfloat16")
+_matmul_precision = "float32"  # what the model's matmuls trace with (see the module docstring)
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """Trace the model's matmuls / convolutions inside with precision `name` (module doc)."""
+    global _matmul_precision
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, not {name!r}")
+    saved, _matmul_precision = _matmul_precision, name
+    try:
+        yield
+    finally:
+        _matmul_precision = saved
+
+
+def _matmul_operands(lhs: jax.Array, rhs: jax.Array, preferred_element_type):
+    """Under "bfloat16", float32 operands -> bfloat16 with a float32 result; else unchanged."""
+    if _matmul_precision == "bfloat16" and jnp.float32 in (lhs.dtype, rhs.dtype):
+        out = preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype)
+        return lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), out
+    return lhs, rhs, preferred_element_type
+
+
+def matmul_operands(*xs: jax.Array) -> tuple[jax.Array, ...]:
+    """The arrays as the traced precision feeds them to a matmul: under "bfloat16", float32
+    ones rounded to bfloat16 (e.g. attention's q / k / v, rounded once before a loop over
+    query chunks instead of once per chunk); else unchanged."""
+    if _matmul_precision != "bfloat16":
+        return xs
+    return tuple(x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in xs)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                **kwargs) -> jax.Array:
+    """`lax.dot_general` at the traced matmul precision (what every `dense` layer calls)."""
+    lhs, rhs, out = _matmul_operands(lhs, rhs, preferred_element_type)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=out, **kwargs)
+
+
+def einsum(spec: str, lhs: jax.Array, rhs: jax.Array, preferred_element_type=None) -> jax.Array:
+    """Two-operand `jnp.einsum` at the traced matmul precision."""
+    lhs, rhs, out = _matmul_operands(lhs, rhs, preferred_element_type)
+    return jnp.einsum(spec, lhs, rhs, preferred_element_type=out)
+
+
 def dense(
     features: int,
     axes: Axes,
@@ -52,6 +108,7 @@ def dense(
         param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(_kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
+        dot_general=dot_general,
         name=name,
     )
 
@@ -117,9 +174,10 @@ class Conv2d(nn.Module):
         x = x.astype(self.dtype)
         w = kernel.astype(self.dtype)
         if self.impl == "xla":
+            xo, wo, out = _matmul_operands(x, w, None)
             y = jax.lax.conv_general_dilated(
-                x, w, (s, s), ((p, p), (p, p)), feature_group_count=g,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                xo, wo, (s, s), ((p, p), (p, p)), feature_group_count=g,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=out)
         elif self.impl == "matmul":
             y = _conv_by_slices(x, w, s, p, g, self.name)
         else:
@@ -154,11 +212,11 @@ def _conv_by_slices(x: jax.Array, w: jax.Array, s: int, p: int, groups: int,
         # non-overlapping patches (patch embeddings, 2x2 / 4x4 downscaling): a reshape
         n, h, wd, _ = x.shape
         x = x.reshape(n, h // k, k, wd // k, k, cin).transpose(0, 1, 3, 2, 4, 5)
-        return jnp.einsum("nhwijc,ijco->nhwo", x, w)
+        return einsum("nhwijc,ijco->nhwo", x, w)
     views, ho, wo = _shifted_slices(x, k, s, p)
     if groups == 1:
         cols = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-        return jnp.einsum("nhwc,co->nhwo", cols, w.reshape(k * k * cin, cout))
+        return einsum("nhwc,co->nhwo", cols, w.reshape(k * k * cin, cout))
     if groups == cin == cout and cin_g == 1:  # depthwise
         taps = w.reshape(k * k, cout)
         y = views[0] * taps[0]
@@ -220,7 +278,7 @@ class PatchConvTranspose(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(
             nn.initializers.zeros_init(), ("conv_out",)), (self.features,), jnp.float32)
         kernel = kernel.astype(self.dtype)
-        y = jnp.einsum("nhwc,ijoc->nhiwjo", x.astype(self.dtype), kernel)
+        y = einsum("nhwc,ijoc->nhiwjo", x.astype(self.dtype), kernel)
         y = y.reshape(lead + (h * k, w * k, self.features))
         return y + bias.astype(self.dtype)
 

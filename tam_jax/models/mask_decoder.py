@@ -120,7 +120,7 @@ class MaskDecoder(nn.Module):
                        dtype=dt)(mask_tokens_out[:, i])
             for i in range(num_mask_tokens)
         ], axis=1)  # (B, 4, D / 8)
-        all_masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, x)  # (B, 4, 4h, 4w)
+        all_masks = layers.einsum("bmc,bhwc->bmhw", hyper_in, x)  # (B, 4, 4h, 4w)
 
         all_iou = layers.MLP(md.iou_head_hidden_dim, num_mask_tokens, md.iou_head_depth,
                              sigmoid_output=cfg.iou_prediction_use_sigmoid, out_axis=None,

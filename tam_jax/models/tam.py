@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from tam_jax.configs import EfficientTAMConfig
 from tam_jax.models import layers
+from tam_jax.models.attention import batch_looping
 from tam_jax.models.mask_decoder import MaskDecoder
 from tam_jax.models.memory_attention import MemoryAttention
 from tam_jax.models.memory_encoder import MemoryEncoder
@@ -37,6 +38,20 @@ def resize_bilinear(x_bhwc: jax.Array, h: int, w: int, antialias: bool = False) 
         x_bhwc.astype(jnp.float32), (x_bhwc.shape[0], h, w, x_bhwc.shape[3]), "linear",
         antialias=antialias,
     )
+
+
+def _at_config_precision(method):
+    """Run a model method with its matmuls traced at `cfg.matmul_precision` (`layers` doc) and
+    its attention batch-looped as `cfg.attention_batch_loop` says (`attention.batch_looping`).
+
+    Every entry point of the model carries this, so whatever jits a method (keyed on the
+    config, which holds both) traces it with the config's settings."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with layers.matmul_precision(self.cfg.matmul_precision), \
+                batch_looping(self.cfg.attention_batch_loop):
+            return method(self, *args, **kwargs)
+    return run
 
 
 class EfficientTAM(nn.Module):
@@ -76,6 +91,7 @@ class EfficientTAM(nn.Module):
             jnp.float32)
 
     # ------------------------------------------------------------------ image encoder
+    @_at_config_precision
     def encode_image(self, images_bhwc: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Normalised images (B, S, S, 3) -> backbone features and their sine PE, (B, h, w, 256).
 
@@ -84,6 +100,7 @@ class EfficientTAM(nn.Module):
         return self.image_encoder(images_bhwc)
 
     # ------------------------------------------------------------------ SAM heads
+    @_at_config_precision
     def prompt_and_decode(
         self,
         features_bhwc: jax.Array,
@@ -120,6 +137,7 @@ class EfficientTAM(nn.Module):
             multimask_output=multimask_output, sparse_valid_bn=sparse_valid,
         )
 
+    @_at_config_precision
     def sam_heads(
         self,
         features_bhwc: jax.Array,
@@ -178,6 +196,7 @@ class EfficientTAM(nn.Module):
             obj_ptr=obj_ptr, object_score_logits=obj_logits,
         )
 
+    @_at_config_precision
     def mask_as_output(self, features_bhwc: jax.Array, mask_inputs: jax.Array) -> dict:
         """`SAM2Base._use_mask_as_output`: a mask prompt (B, S, S, 1) in {0, 1} is the output.
 
@@ -215,6 +234,7 @@ class EfficientTAM(nn.Module):
         )
 
     # ------------------------------------------------------------------ memory
+    @_at_config_precision
     def condition_on_memory(self, curr_bnc, curr_pos_bnc, memory_bmc, memory_pos_bmc,
                             num_obj_ptr_tokens: int, key_valid_bm=None,
                             deterministic: bool = True, readout_bme=None):
@@ -225,11 +245,13 @@ class EfficientTAM(nn.Module):
                                      key_valid_bm=key_valid_bm, deterministic=deterministic,
                                      readout_bme=readout_bme)
 
+    @_at_config_precision
     def encode_memory(self, features_bhwc, high_res_masks_bhw1, skip_mask_sigmoid: bool = True):
         """Memory encoder on the raw backbone features and prepared mask logits."""
         return self.memory_encoder(features_bhwc, high_res_masks_bhw1,
                                    skip_mask_sigmoid=skip_mask_sigmoid)
 
+    @_at_config_precision
     def __call__(self, images_bhwc: jax.Array, point_coords: jax.Array,
                  point_labels: jax.Array) -> dict:
         """Initialisation entry point touching every parameter: an initial conditioning frame
