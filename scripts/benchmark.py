@@ -25,9 +25,12 @@ ratio says how much batching objects raised (< 1) or lowered (> 1) that rate.
 
 `encoder`: the image encoder alone (ViT + neck on a preprocessed input), both sides on the
 same converted weights, alternating. `train-step` (or `train`) and `input` run
-scripts/benchmark_train.py and scripts/benchmark_input.py with their own flags; `all` runs
-encoder, track, train-step (CPU only) and input at their defaults, one after another (on a
-2-core machine that is most of an hour: track's default variants include S-1 at 1024).
+scripts/benchmark_train.py and scripts/benchmark_input.py with their own flags; `matmul`
+(scripts/benchmark_matmul.py) this machine's XLA matmul rates, float32 and bf16 operands,
+batched and looped; `all` runs matmul, encoder, track, train-step (CPU only) and input at
+their defaults, one after another (on a 2-core machine that is most of an hour: track's
+default variants include S-1 at 1024). `track --matmul-precision bfloat16` runs tam_jax with
+bf16 matmul operands, `--official-bf16` the official under PyTorch's CPU bf16 autocast.
 
     python scripts/benchmark.py encoder [--variants ...] [--repeats 7]
     python scripts/benchmark.py train-step --skip-tpu --cpu-variant efficienttam_ti ...
@@ -414,9 +417,10 @@ def _side_by_side_main(args, argv) -> int:
     return 0
 
 
-SUBCOMMANDS = ("image", "encoder", "track", "train-step", "train", "input", "all")
+SUBCOMMANDS = ("image", "encoder", "track", "train-step", "train", "input", "matmul", "all")
 # `all`: each part at its defaults (train-step on the CPU only: the TPU part is tpu_plan's).
-ALL_PARTS = (("encoder", []), ("track", []), ("train-step", ["--skip-tpu"]), ("input", []))
+ALL_PARTS = (("matmul", []), ("encoder", []), ("track", []), ("train-step", ["--skip-tpu"]),
+             ("input", []))
 
 
 def run_one(what: str, argv: list[str]) -> tuple[int, str]:
@@ -426,6 +430,10 @@ def run_one(what: str, argv: list[str]) -> tuple[int, str]:
 
         # the JSON path as the script's own parser reads it (its default, abbreviations)
         return benchmark_input.main(argv), benchmark_input.parse_args(argv).json
+    if what == "matmul":
+        from scripts import benchmark_matmul
+
+        return benchmark_matmul.main(argv), benchmark_matmul.parse_args(argv).json
     if what in ("train", "train-step"):
         from scripts import benchmark_train
 

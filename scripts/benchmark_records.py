@@ -92,6 +92,12 @@ def _input(result: dict) -> list[Figure]:
             for source, r in result["results"].items() if "pipeline_frames_per_s" in r]
 
 
+def _matmul(result: dict) -> list[Figure]:
+    n = result["meta"]["n"]
+    return [Figure(f"matmul {n}^3 {name}", rate, "GFLOP/s", "higher")
+            for name, rate in result["square_gflops"].items()]
+
+
 def figures_of(what: str, result: dict) -> list[Figure]:
     """The tracked figures of one subcommand's JSON result (see `scripts/benchmark.py`)."""
     if what in ("image", "encoder"):
@@ -102,6 +108,8 @@ def figures_of(what: str, result: dict) -> list[Figure]:
         return _train_step(result)
     if what == "input":
         return _input(result)
+    if what == "matmul":
+        return _matmul(result)
     raise ValueError(f"no figures defined for benchmark {what!r}")
 
 

@@ -103,12 +103,14 @@ def test_the_project_records_table_is_readable():
 
 
 def test_suite_prints_a_warning_and_records(tmp_path, monkeypatch, capsys):
-    """`benchmark.py all` runs its four parts and checks each; --record appends."""
+    """`benchmark.py all` runs its five parts and checks each; --record appends."""
     doc = tmp_path / "bench.md"
     br.append_records(doc, [br.Figure("track efficienttam_ti_512x512 tam_jax", 800.0,
                                       "ms/frame", "lower")], "old", "2026-11-01")
     payloads = {"encoder": {"results": {"efficienttam_s": _side(2.0, 2.5)}}, "track": TRACK,
-                "train-step": TRAIN, "input": INPUT}
+                "train-step": TRAIN, "input": INPUT,
+                "matmul": {"meta": {"n": 64}, "square_gflops": {"float32": 90.0},
+                           "attention_gflops": {}}}
     ran = []
 
     def fake_run_one(what, argv):
@@ -119,14 +121,15 @@ def test_suite_prints_a_warning_and_records(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(benchmark, "run_one", fake_run_one)
     assert benchmark.main(["all", "--record", "--records", str(doc)]) == 0
-    assert [w for w, _ in ran] == ["encoder", "track", "train-step", "input"]
-    assert ran[2][1] == ["--skip-tpu"]
+    assert [w for w, _ in ran] == ["matmul", "encoder", "track", "train-step", "input"]
+    assert ran[3][1] == ["--skip-tpu"]
     out = capsys.readouterr().out
     assert "WARNING: regression: track efficienttam_ti_512x512 tam_jax: 1000 ms/frame" in out
     assert "1 regression warning(s)" in out
     rec = br.read_records(doc)
     assert rec["track efficienttam_ti_512x512 tam_jax"].value == 1000.0  # the new last row
     assert "input sav@1024 pipeline per core" in rec
+    assert rec["matmul 64^3 float32"].value == 90.0
     ran.clear()
     assert benchmark.main(["track", "--frames", "4", "--no-check", "--records", str(doc)]) == 0
     assert ran == [("track", ["--frames", "4"])]
@@ -176,3 +179,21 @@ def test_track_benchmark_counts_frame_flops(tmp_path):
     assert one["total"] == pytest.approx(one["encoder"] + one["track_step"])
     assert "_track_frame" not in vars(pred)  # the spies are gone: the jitted methods are back
     run(1)
+
+
+def test_matmul_benchmark_runs_and_reports(tmp_path, capsys):
+    """`benchmark.py matmul` (small n): every rate measured, its figures readable."""
+    from scripts import benchmark_matmul
+
+    out = tmp_path / "m.json"
+    assert benchmark_matmul.main(["--n", "128", "--repeats", "1", "--objects", "1", "2",
+                                  "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["square_gflops"]) == {"float32", "bf16 operands, float32 result",
+                                            "bf16 operands, bf16 result"}
+    assert len(result["attention_gflops"]) == 2 * 2 * 2  # objects x dtypes x batched / loop
+    assert all(v > 0 for v in [*result["square_gflops"].values(),
+                               *result["attention_gflops"].values()])
+    figures = br.figures_of("matmul", result)
+    assert [f.key for f in figures][0] == "matmul 128^3 float32"
+    assert "2 objects, bfloat16" in capsys.readouterr().out
