@@ -4,9 +4,9 @@
 
 Square n x n @ n x n products, float32 and with bf16 operands (float32 result, as
 `matmul_precision="bfloat16"` traces them; and bf16 result, as a bf16 compute dtype does),
-then the memory cross-attention's q k^T shape (256 queries x 7232 keys x 256, one per tracked
-object) for 1, 4 and 16 objects, as one batched dot and as a loop over the objects. GFLOP/s
-medians, a table and JSON.
+then the memory cross-attention's core (`attention.attend`: 1024 queries over 7232 keys of
+width 256 per tracked object, the 512 models' full memory) for 1, 4 and 16 objects, batched
+and looped over the objects (`attention_batch_loop`). GFLOP/s medians, a table and JSON.
 
     python scripts/benchmark.py matmul [--n 2048] [--repeats 7] [--objects 1 4 16]
         [--json artifacts/benchmark_matmul.json]
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-QUERIES, KEYS, DIM = 256, 7232, 256  # one query chunk of the 512 models' memory attention
+QUERIES, KEYS, DIM = 1024, 7232, 256  # the 512 models' memory attention, full memory
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -54,26 +54,29 @@ def square_rates(n: int, repeats: int) -> dict:
 
 
 def attention_rates(objects: list[int], repeats: int) -> dict:
-    """GFLOP/s of per-object q k^T (256 x 7232 x 256), batched vs looped, f32 and bf16."""
+    """GFLOP/s (of its two matmuls) of the memory cross-attention core, `attend` with the 512
+    models' full memory (1024 queries, 7232 keys, width 256, query chunks of 256), for each
+    object count, float32 and bf16 operands, batched and with `attention_batch_loop`."""
     import jax
     import jax.numpy as jnp
 
-    def one(x, y):
-        return jnp.einsum("nd,md->nm", x, y, preferred_element_type=jnp.float32)
+    from tam_jax.models import attention, layers
 
-    batched = jax.jit(lambda x, y: jnp.einsum("bnd,bmd->bnm", x, y,
-                                              preferred_element_type=jnp.float32))
-    looped = jax.jit(lambda x, y: jax.lax.map(lambda a: one(*a), (x, y)))
     out = {}
     for b in objects:
-        q = jax.random.normal(jax.random.key(1), (b, QUERIES, DIM), jnp.float32)
-        k = jax.random.normal(jax.random.key(2), (b, KEYS, DIM), jnp.float32)
-        gflop = 2 * b * QUERIES * KEYS * DIM / 1e9
-        for dtype in ("float32", "bfloat16"):
-            qd, kd = q.astype(dtype), k.astype(dtype)
-            for how, f in (("batched", batched), ("loop", looped)):
-                t = _median_s(lambda f=f, qd=qd, kd=kd: f(qd, kd).block_until_ready(), repeats)
-                out[f"{b} objects {dtype} {how}"] = gflop / t
+        ks = jax.random.split(jax.random.key(b), 3)
+        q = jax.random.normal(ks[0], (b, 1, QUERIES, DIM), jnp.float32)
+        k = jax.random.normal(ks[1], (b, 1, KEYS, DIM), jnp.float32)
+        v = jax.random.normal(ks[2], (b, 1, KEYS, DIM), jnp.float32)
+        gflop = 2 * 2 * b * QUERIES * KEYS * DIM / 1e9
+        for precision in ("float32", "bfloat16"):
+            for how, loop in (("batched", False), ("loop", True)):
+                with layers.matmul_precision(precision), attention.batch_looping(loop):
+                    f = jax.jit(lambda q, k, v: attention.attend(q, k, v))
+                    f(q, k, v).block_until_ready()  # traced (and compiled) in the context
+                t = _median_s(lambda f=f, q=q, k=k, v=v: f(q, k, v).block_until_ready(),
+                              repeats)
+                out[f"{b} objects {precision} {how}"] = gflop / t
     return out
 
 
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     square = square_rates(args.n, args.repeats)
-    attn = attention_rates(args.objects, args.repeats)
+    attn = attention_rates(args.objects, max(1, min(args.repeats, 3)))  # ~1 s per call at 16
     meta = {"machine": cpu_model(), "jax": jax.__version__, "backend": jax.default_backend(),
             "n": args.n, "repeats": args.repeats,
             "command": "python scripts/benchmark.py matmul " + " ".join(
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
     print(f"\n{'square ' + str(args.n) + '^3':<34}{'GFLOP/s':>9}")
     for name, r in square.items():
         print(f"{name:<34}{r:>9.0f}")
-    print(f"\nq k^T, {QUERIES} x {KEYS} x {DIM} per object   batched    loop   (GFLOP/s)")
+    print(f"\nattend, {QUERIES} x {KEYS} x {DIM} per object  batched    loop   (GFLOP/s)")
     for b in args.objects:
         for dtype in ("float32", "bfloat16"):
             print(f"{f'{b} objects, {dtype}':<34}{attn[f'{b} objects {dtype} batched']:>9.0f}"

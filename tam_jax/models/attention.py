@@ -62,10 +62,13 @@ def query_chunking(size: int | None):
         _query_chunk = saved
 
 
-# XLA:CPU runs a dot with a batch dimension (one q k^T per tracked object) well below the rate
-# of the same dots one at a time (bf16 operands, 16 objects x 256 queries x 7232 keys: 114 vs
-# 191 GFLOP/s; docs/benchmarks.md), so with batch looping on, an attention over at least this
-# many keys (the memory cross-attention) loops over its batch. Same result, another schedule.
+# With several tracked objects batched, each query chunk's float32 logits / probabilities are
+# objects x 256 x 7232 floats (118 MB at 16 objects and a 512 model's full memory) and the
+# softmax streams them through memory; one object at a time they stay cache-sized. XLA:CPU ran
+# the memory attention core 16 objects at a time at 99 GFLOP/s (bf16 operands; 127 float32),
+# looped at 291 (163), as fast as one object (`python scripts/benchmark.py matmul`,
+# docs/benchmarks.md). So with batch looping on, an attention over at least this many keys
+# (the memory cross-attention) loops over its batch: the same result, another schedule.
 BATCH_LOOP_MIN_KEYS = 2048
 _batch_loop = False  # what `attend` traces with; `EfficientTAM` sets it from its config
 
