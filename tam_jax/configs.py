@@ -168,8 +168,9 @@ class EfficientTAMConfig:
     conv_impl: ConvImpl = "xla"
     # Operands of the model's matmuls and convolutions: "float32" (the official numerics, what
     # parity tests use) or "bfloat16" (float32 operands rounded to bf16, float32 accumulation and
-    # activations, as a TPU's default precision; ~1.5x faster tracking on a CPU with
-    # AVX512-BF16, logits within ~1e-2 of float32). See `models.layers`, docs/benchmarks.md.
+    # activations, as a TPU's default precision; 1.3-1.7x faster tracking on a CPU with
+    # AVX512-BF16, masks agreeing with float32 on >= 99 % of pixels). See `models.layers`,
+    # docs/benchmarks.md ("bf16 matmul operands").
     matmul_precision: MatmulPrecision = "float32"
     # Attention over >= 2048 keys (the memory cross-attention) loops over its batch (objects)
     # instead of one batched dot: same result, faster on XLA:CPU (the video predictor turns it

@@ -18,6 +18,8 @@ Conventions (architecture.md §1.5, §3):
   float32, as a TPU's default precision does; on a CPU with AVX512-BF16 XLA runs such dots at
   ~2x the float32 rate. `EfficientTAM` enters the context from its config in every method,
   so a jitted function keyed on the config can never reuse a trace of the other precision.
+  Not rounded: `conv_transpose`'s "xla" path (Flax's ConvTranspose, the mask decoder's
+  upscaling on TPU / GPU), depthwise convolutions under "matmul" (elementwise, no matmul).
 """
 
 from __future__ import annotations
