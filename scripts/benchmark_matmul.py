@@ -18,21 +18,16 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 QUERIES, KEYS, DIM = 1024, 7232, 256  # the 512 models' memory attention, full memory
 
 
 def _median_s(fn, repeats: int) -> float:
-    fn()  # compile
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds per call of `fn` after two untimed calls (compiles, warm-up)."""
+    from scripts.benchmark_train import _median_time
+
+    return statistics.median(_median_time(fn, repeats, warmup=2))
 
 
 def square_rates(n: int, repeats: int) -> dict:

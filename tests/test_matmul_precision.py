@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_video_predictor import _video  # 64 x 80 frames: a moving disc and a moving square
 
 from tam_jax import flops
 from tam_jax.configs import get_config
@@ -96,18 +97,6 @@ def test_gradients_flow_in_float32_under_bfloat16():
     assert g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all() and np.abs(g).sum() > 0
 
 
-def _video(t=8, h=64, w=80):
-    rng = np.random.RandomState(0)
-    yy, xx = np.mgrid[0:h, 0:w]
-    frames = []
-    for i in range(t):
-        img = rng.randint(30, 90, size=(h, w, 3)).astype(np.uint8)
-        img[(yy - 30) ** 2 + (xx - 20 - 2 * i) ** 2 < 100] = (230, 40, 40)
-        img[(abs(yy - 20) < 8) & (abs(xx - 60 + i) < 8)] = (40, 220, 40)
-        frames.append(img)
-    return np.stack(frames)
-
-
 def _track(cfg, params, video):
     """Masks of two objects tracked over the video, and the jaxprs of the last frame's two
     jitted calls (image encoder, track step with a full memory)."""
@@ -135,7 +124,7 @@ def _track(cfg, params, video):
 def tracked():
     cfg = get_config("tiny", image_size=128, num_maskmem=3)
     params = init_params(cfg, 3)
-    video = _video()
+    video = _video(8)
     return {mp: _track(dataclasses.replace(cfg, matmul_precision=mp), params, video)
             for mp in ("float32", "bfloat16")}
 

@@ -64,14 +64,6 @@ def matmul_precision(name: str):
         _matmul_precision = saved
 
 
-def _matmul_operands(lhs: jax.Array, rhs: jax.Array, preferred_element_type):
-    """Under "bfloat16", float32 operands -> bfloat16 with a float32 result; else unchanged."""
-    if _matmul_precision == "bfloat16" and jnp.float32 in (lhs.dtype, rhs.dtype):
-        out = preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype)
-        return lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), out
-    return lhs, rhs, preferred_element_type
-
-
 def matmul_operands(*xs: jax.Array) -> tuple[jax.Array, ...]:
     """The arrays as the traced precision feeds them to a matmul: under "bfloat16", float32
     ones rounded to bfloat16 (e.g. attention's q / k / v, rounded once before a loop over
@@ -79,6 +71,15 @@ def matmul_operands(*xs: jax.Array) -> tuple[jax.Array, ...]:
     if _matmul_precision != "bfloat16":
         return xs
     return tuple(x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in xs)
+
+
+def _matmul_operands(lhs: jax.Array, rhs: jax.Array, preferred_element_type):
+    """`matmul_operands` of a pair, and the result type to request: float32 (the operands'
+    type before rounding) unless the caller asked for one."""
+    out = preferred_element_type
+    if out is None and _matmul_precision == "bfloat16" and jnp.float32 in (lhs.dtype, rhs.dtype):
+        out = jnp.float32
+    return (*matmul_operands(lhs, rhs), out)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
