@@ -16,7 +16,9 @@ Numerics that matter for parity (spec §11):
   uses a = -0.5 and is off by ~0.4.
 - Window blocks zero-pad the already-normed tokens at the bottom / right to a multiple of the
   window size; the padded tokens take part in attention as keys and values (no mask), and are
-  cropped afterwards.
+  cropped afterwards. Here the padding is applied to the qkv map instead, with a zero token's
+  projection (= the bias), which gives the same keys and values without projecting the pads
+  (`ViTAttention`).
 - GELU is the exact erf form; LayerNorm eps 1e-6; no final norm after the last block.
 """
 
@@ -100,16 +102,22 @@ def resize_pos_embed_bicubic(pos_embed_1nc: jax.Array, out_h: int, out_w: int) -
 # ---------------------------------------------------------------------------- windows
 
 
-def window_partition(x_bhwc: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
-    """Zero-pad H, W at the bottom / right to multiples of `window`, split into windows.
+def window_partition(x_bhwc: jax.Array, window: int, pad_value: jax.Array | None = None,
+                     ) -> tuple[jax.Array, tuple[int, int]]:
+    """Pad H, W at the bottom / right to multiples of `window`, split into windows.
 
     (B, H, W, C) -> ((B * nh * nw, window * window, C), (Hp, Wp)); windows are ordered
-    row-major per image, tokens row-major inside a window (as `window_partition`).
+    row-major per image, tokens row-major inside a window (as `window_partition`). Padded
+    tokens are zeros, or `pad_value` ((C,) or (1, C)) where given.
     """
     b, h, w, c = x_bhwc.shape
     ph, pw = (-h) % window, (-w) % window
     if ph or pw:
         x_bhwc = jnp.pad(x_bhwc, ((0, 0), (0, ph), (0, pw), (0, 0)))
+        if pad_value is not None:
+            inside = ((jnp.arange(h + ph) < h)[:, None] & (jnp.arange(w + pw) < w)[None, :])
+            x_bhwc = jnp.where(inside[None, :, :, None], x_bhwc,
+                               jnp.reshape(pad_value, (c,)).astype(x_bhwc.dtype))
     hp, wp = h + ph, w + pw
     x = x_bhwc.reshape(b, hp // window, window, wp // window, window, c)
     x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, nh, nw, ws, ws, C)
@@ -132,27 +140,48 @@ def window_unpartition(
 
 
 class ViTAttention(nn.Module):
-    """`vitdet.Attention`: fused qkv projection, multi-head SDPA, output projection.
+    """`vitdet.Attention`: fused qkv projection, multi-head SDPA, output projection; global, or
+    inside windows of `window_size` x `window_size` tokens (`window_size` > 0).
 
-    x (B, N, C) -> (B, N, C). The fused `qkv` output is ordered [q | k | v], each
+    x (B, H, W, C) -> (B, H, W, C). The fused `qkv` output is ordered [q | k | v], each
     [head 0 .. head n-1] x head_dim (the official reshape (B, N, 3, heads, head_dim)).
     Scale 1 / sqrt(head_dim); softmax in float32.
+
+    Windows without padded-token waste: the official pads the normed tokens with zeros to a
+    multiple of the window and projects every token, padding included. A zero token's qkv is
+    exactly the qkv bias, so the real tokens are projected alone and their qkv map is padded
+    with the projection of one zero token (the same value, bit for bit); the padded tokens
+    still take part in attention as keys and values, as in the official. The output
+    projection runs after the padding is cropped. At 512 px (32 x 32 tokens, windows of 14 ->
+    42 x 42) that skips 42 % of the window blocks' qkv and proj FLOPs.
     """
 
     dim: int
     num_heads: int
+    window_size: int = 0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_bnc: jax.Array) -> jax.Array:
+    def __call__(self, x_bhwc: jax.Array) -> jax.Array:
         if self.dim % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} must divide dim {self.dim}")
-        b, n, _ = x_bnc.shape
-        qkv = layers.dense(3 * self.dim, ("embed", "qkv"), "qkv", dtype=self.dtype)(x_bnc)
-        qkv = qkv.reshape(b, n, 3, self.num_heads, self.dim // self.num_heads)  # (B,N,3,H,Dh)
-        qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
-        out = attend(qkv[0], qkv[1], qkv[2])  # (B, H, N, Dh); query-chunked when N is large
-        out = out.transpose(0, 2, 1, 3).reshape(b, n, self.dim)
+        b, h, w, c = x_bhwc.shape
+        ws, heads, dh = self.window_size, self.num_heads, self.dim // self.num_heads
+        to_qkv = layers.dense(3 * self.dim, ("embed", "qkv"), "qkv", dtype=self.dtype)
+        qkv = to_qkv(x_bhwc)  # (B, H, W, 3C): real tokens only
+        if ws > 0:
+            zero_token_qkv = to_qkv(jnp.zeros((1, c), x_bhwc.dtype))  # (1, 3C) = the bias
+            qkv, padded_hw = window_partition(qkv, ws, pad_value=zero_token_qkv)  # (B*nW, ws^2, 3C)
+        else:
+            qkv = qkv.reshape(b, h * w, 3 * self.dim)
+        n_seq, n = qkv.shape[:2]
+        qkv = qkv.reshape(n_seq, n, 3, heads, dh).transpose(2, 0, 3, 1, 4)  # (3, B', H, N, Dh)
+        out = attend(qkv[0], qkv[1], qkv[2])  # (B', H, N, Dh); query-chunked when N is large
+        out = out.transpose(0, 2, 1, 3).reshape(n_seq, n, self.dim)
+        if ws > 0:
+            out = window_unpartition(out, ws, padded_hw, (h, w))  # padding cropped
+        else:
+            out = out.reshape(b, h, w, self.dim)
         return layers.dense(self.dim, ("qkv", "embed"), "proj", dtype=self.dtype)(out)
 
 
@@ -171,14 +200,9 @@ class ViTBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_bhwc: jax.Array) -> jax.Array:
-        b, h, w, c = x_bhwc.shape
         y = layers.layer_norm("norm1", self.eps, dtype=self.dtype)(x_bhwc)
-        attn = ViTAttention(self.dim, self.num_heads, dtype=self.dtype, name="attn")
-        if self.window_size > 0:
-            windows, padded_hw = window_partition(y, self.window_size)  # (B*nW, ws*ws, C)
-            y = window_unpartition(attn(windows), self.window_size, padded_hw, (h, w))
-        else:
-            y = attn(y.reshape(b, h * w, c)).reshape(b, h, w, c)
+        y = ViTAttention(self.dim, self.num_heads, self.window_size, dtype=self.dtype,
+                         name="attn")(y)
         x_bhwc = x_bhwc + y
         y = layers.layer_norm("norm2", self.eps, dtype=self.dtype)(x_bhwc)
         hidden = int(self.dim * self.mlp_ratio)
