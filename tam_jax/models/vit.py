@@ -102,23 +102,20 @@ def resize_pos_embed_bicubic(pos_embed_1nc: jax.Array, out_h: int, out_w: int) -
 # ---------------------------------------------------------------------------- windows
 
 
-def window_partition(x_bhwc: jax.Array, window: int, pad_value: jax.Array | None = None,
+def window_partition(x_bhwc: jax.Array, window: int, pad_value: jax.Array | float = 0.0,
                      ) -> tuple[jax.Array, tuple[int, int]]:
     """Pad H, W at the bottom / right to multiples of `window`, split into windows.
 
     (B, H, W, C) -> ((B * nh * nw, window * window, C), (Hp, Wp)); windows are ordered
     row-major per image, tokens row-major inside a window (as `window_partition`). Padded
-    tokens are zeros, or `pad_value` ((C,) or (1, C)) where given.
+    tokens are `pad_value`: a scalar (zeros by default) or one token, (C,) or (1, C).
     """
     b, h, w, c = x_bhwc.shape
     ph, pw = (-h) % window, (-w) % window
-    if ph or pw:
-        x_bhwc = jnp.pad(x_bhwc, ((0, 0), (0, ph), (0, pw), (0, 0)))
-        if pad_value is not None:
-            inside = ((jnp.arange(h + ph) < h)[:, None] & (jnp.arange(w + pw) < w)[None, :])
-            x_bhwc = jnp.where(inside[None, :, :, None], x_bhwc,
-                               jnp.reshape(pad_value, (c,)).astype(x_bhwc.dtype))
     hp, wp = h + ph, w + pw
+    if ph or pw:
+        token = jnp.reshape(jnp.asarray(pad_value, x_bhwc.dtype), (-1,))  # (1,) or (C,)
+        x_bhwc = jnp.broadcast_to(token, (b, hp, wp, c)).at[:, :h, :w, :].set(x_bhwc)
     x = x_bhwc.reshape(b, hp // window, window, wp // window, window, c)
     x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, nh, nw, ws, ws, C)
     return x.reshape(-1, window * window, c), (hp, wp)
