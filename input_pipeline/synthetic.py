@@ -317,6 +317,11 @@ def sav_video(seed: int, h: int, w: int, n_frames: int, n_objects: int = 3,
     return frames, masks[::ANNOTATION_EVERY]
 
 
+def train_video_seed(seed: int, vid_num: int) -> int:
+    """The render seed of video `sav_<vid_num>` in the SA-V train tar written with `seed`."""
+    return seed * 7919 + vid_num
+
+
 def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w: int = 128,
                   n_frames: int = 40, n_objects: int = 3, seed: int = 0,
                   folder: str = "sav_000", auto: bool = True,
@@ -329,12 +334,13 @@ def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w:
     with tarfile.open(tmp, "w") as tar:
         for vid_num in video_ids:
             vid = f"sav_{vid_num:06d}"
-            frames, masks = sav_video(seed * 7919 + vid_num, h, w, n_frames, n_objects, scene)
+            frames, masks = sav_video(train_video_seed(seed, vid_num), h, w, n_frames, n_objects,
+                                      scene)
             prefix = f"sav_train/{folder}/{vid}"
             _add(tar, f"{prefix}.mp4", encode_mp4(frames), time.time())
             if auto:
-                _, auto_masks = sav_video(seed * 7919 + vid_num + 1, h, w, n_frames, n_objects + 1,
-                                          scene)
+                _, auto_masks = sav_video(train_video_seed(seed, vid_num) + 1, h, w, n_frames,
+                                          n_objects + 1, scene)
                 _add(tar, f"{prefix}_auto.json",
                      json.dumps(sav_json(vid, auto_masks, n_frames, "auto", rng)).encode(),
                      time.time())
@@ -349,12 +355,23 @@ def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w:
 def write_sav_eval_folder(root: str | os.PathLike, videos: list[str], h: int = 96, w: int = 128,
                           n_frames: int = 17, n_objects: int = 2, seed: int = 0,
                           split: str = "sav_val", png_mode: str = "L",
-                          scene: SceneConfig = SceneConfig()) -> None:
+                          scene: SceneConfig = SceneConfig(), seeds: list[int] | None = None,
+                          frame_step: int = 1) -> None:
     """SA-V val / test layout: all 24 fps JPEGs, per-object PNGs every 4th frame, `<split>.txt`.
-    png_mode "L" (0/255) or "P" (0/1 with a palette)."""
+    png_mode "L" (0/255) or "P" (0/1 with a palette). seeds: each video's render seed (default
+    `seed * 31 + i`; `train_video_seed` gives a training tar's videos). frame_step 4 keeps only
+    the annotated frames (0, 4, 8, ...), renumbered 0, 1, 2, ...: the clip spacing of SAM 2's
+    6 fps training, every frame annotated."""
+    if frame_step not in (1, ANNOTATION_EVERY):
+        raise ValueError(f"frame_step must be 1 or {ANNOTATION_EVERY}, got {frame_step}")
+    if seeds is not None and len(seeds) != len(videos):
+        raise ValueError(f"{len(seeds)} seeds for {len(videos)} videos")
     root = os.fspath(root)
     for i, vid in enumerate(videos):
-        frames, masks = render_video(seed * 31 + i, h, w, n_frames, n_objects, scene=scene)
+        render_seed = seed * 31 + i if seeds is None else seeds[i]
+        frames, masks = render_video(render_seed, h, w, n_frames, n_objects, scene=scene)
+        frames, masks = frames[::frame_step], masks[::frame_step]
+        annotated_every = ANNOTATION_EVERY // frame_step
         fdir = os.path.join(root, "JPEGImages_24fps", vid)
         os.makedirs(fdir, exist_ok=True)
         for t, f in enumerate(frames):
@@ -363,7 +380,7 @@ def write_sav_eval_folder(root: str | os.PathLike, videos: list[str], h: int = 9
         for k in range(n_objects):
             odir = os.path.join(root, "Annotations_6fps", vid, f"{k:03d}")
             os.makedirs(odir, exist_ok=True)
-            for t in range(0, n_frames, ANNOTATION_EVERY):
+            for t in range(0, len(frames), annotated_every):
                 _binary_png(masks[t, k], png_mode).save(os.path.join(odir, f"{t:05d}.png"))
     with open(os.path.join(root, f"{split}.txt"), "w") as f:
         f.write("".join(v + "\n" for v in videos))

@@ -61,7 +61,8 @@ def make_data(work: Path, args) -> tuple[dict[str, Path], Path]:
 
     raw = work / "raw"
     train, images, held_out = raw / "sav", raw / "sa1b", raw / "sav_val"
-    common = ["--frames", str(args.frames), "--objects", "3", "--height", "128", "--width", "128",
+    common = ["--frames", str(args.frames), "--objects", str(args.objects),
+              "--distractors", str(args.distractors), "--height", "128", "--width", "128",
               "--object_size", *map(str, args.object_size),
               "--object_speed", *map(str, args.object_speed)]
     training = {"sav": train}
@@ -201,6 +202,10 @@ def main(argv=None) -> int:
                    metavar=("LO", "HI"), help="object half-extents, fraction of the frame")
     p.add_argument("--object_speed", type=float, nargs=2, default=(0.3, 1.0),
                    metavar=("LO", "HI"), help="object travel per video, fraction of the frame")
+    p.add_argument("--objects", type=int, default=3,
+                   help="annotated objects per video (the training clips use up to 3)")
+    p.add_argument("--distractors", type=int, default=1,
+                   help="unannotated look-alikes per video (each copies an annotated object)")
     p.add_argument("--require_targets", action="store_true",
                    help="exit 1 when a J&F target is missed (default: report it, exit 0)")
     args = p.parse_args(argv)

@@ -6,6 +6,7 @@ re-evaluated with a smaller memory.
         --gt_dir artifacts/demo/raw/sav_val/Annotations_6fps
     python scripts/probe_demo_eval.py memory --checkpoint artifacts/demo/run \
         --data_dir artifacts/demo/raw/sav_val --num_maskmem 2 --max_obj_ptrs 3 --out /tmp/mm2
+    python scripts/probe_demo_eval.py training-videos --out /tmp/trainval6 --frame_step 4
 
 per-frame  J (IoU) and boundary F (the SA-V evaluator's `metrics.region_j` / `boundary_f`) of
            every object at every annotated frame of SA-V-layout predictions (per-object PNG
@@ -20,6 +21,13 @@ memory     the demo checkpoint (a training run directory, as `make demo` writes)
            row d - 1; the conditioning frame: the last row), so every frame reads the row
            it read in the full model. Asks: does evaluation reading memory slots that short
            training clips never filled (their rows left at their initial values) hurt?
+training-videos
+           the first --num_videos of the demo's SA-V *training* videos (the same render seeds
+           as `make_synthetic_data.py --kinds sav`, so the same scenes the tars hold, as JPEG
+           instead of H.264) written in the SA-V val layout, for `scripts/evaluate.py run`:
+           does the model track what it trained on better than the held-out videos (it
+           overfits), and does the predictor score what the training forward scores? With
+           --frame_step 4 only the annotated frames are kept: the 6 fps spacing of training.
 
 docs/benchmarks.md (`make demo`, probes of the seventh session) has what these found.
 """
@@ -119,6 +127,26 @@ def _memory(args) -> int:
     return 0
 
 
+def _training_videos(args) -> int:
+    from input_pipeline import synthetic
+
+    scene = synthetic.SceneConfig(tuple(args.object_size), tuple(args.object_speed),
+                                  args.distractors)
+    videos, seeds = [], []
+    for k in range(args.num_videos):  # video ids and seeds as make_synthetic_data.py's sav kind
+        shard, j = divmod(k, args.per_shard)
+        vid_num = 1 + shard * args.per_shard + j
+        videos.append(f"sav_{vid_num:06d}")
+        seeds.append(synthetic.train_video_seed(args.seed + shard, vid_num))
+    synthetic.write_sav_eval_folder(args.out, videos, args.size, args.size, args.frames,
+                                    args.objects, scene=scene, seeds=seeds,
+                                    frame_step=args.frame_step)
+    print(f"wrote {len(videos)} training videos to {args.out} (SA-V val layout); score a run on "
+          f"them with: python scripts/evaluate.py run --checkpoint <run> --variant tiny_full "
+          f"--override conv_impl=matmul --data_dir {args.out} --format sav --out <dir>")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--out", required=True, help="predictions, per-video CSV, summary.json")
     mm.add_argument("--quiet", action="store_true", help="no progress bar")
     mm.set_defaults(fn=_memory)
+    tv = sub.add_parser("training-videos",
+                        help="the demo's training videos in the SA-V val layout")
+    tv.add_argument("--out", required=True, help="folder to write (SA-V val layout)")
+    tv.add_argument("--num_videos", type=int, default=16)
+    # the defaults are the demo's data options (scripts/demo.py): pass the same ones it used
+    tv.add_argument("--seed", type=int, default=0, help="the training tars' --seed")
+    tv.add_argument("--per_shard", type=int, default=16, help="videos per training tar")
+    tv.add_argument("--frames", type=int, default=32, help="24 fps frames per video")
+    tv.add_argument("--size", type=int, default=128, help="frame height and width")
+    tv.add_argument("--objects", type=int, default=3)
+    tv.add_argument("--distractors", type=int, default=1)
+    tv.add_argument("--object_size", type=float, nargs=2, default=(0.18, 0.3))
+    tv.add_argument("--object_speed", type=float, nargs=2, default=(0.3, 1.0))
+    tv.add_argument("--frame_step", type=int, default=1, choices=(1, 4),
+                    help="4: keep the annotated frames only (6 fps, renumbered)")
+    tv.set_defaults(fn=_training_videos)
     return p
 
 

@@ -152,7 +152,8 @@ def ensure_local_data(root: str) -> None:
     from scripts import demo
 
     sizes = argparse.Namespace(frames=24, train_shards=4, image_shards=0, eval_videos=4,
-                               object_size=(0.18, 0.3), object_speed=(0.3, 1.0))
+                               object_size=(0.18, 0.3), object_speed=(0.3, 1.0), objects=3,
+                               distractors=1)
     train_raw, _ = demo.make_data(Path(root), sizes)
     demo.prepare(Path(root), train_raw)
 

@@ -50,7 +50,8 @@ def test_demo_runs_end_to_end_at_smoke_size(tmp_path, capsys):
             # so that the 2 steps are one video and one SA-1B image batch
             "--set", "data.sources.0.batch_size=8", "--set", "data.sources.1.batch_size=8",
             "--set", "data.sources.0.weight=0.5", "--set", "data.sources.1.weight=0.5",
-            "--train_shards", "1", "--image_shards", "1", "--eval_videos", "2", "--frames", "16"]
+            "--train_shards", "1", "--image_shards", "1", "--eval_videos", "2", "--frames", "16",
+            "--objects", "2", "--distractors", "0"]
     assert demo.main(argv) == 0
     work = tmp_path / "demo"
     summary = json.loads((work / "summary.json").read_text())
@@ -63,6 +64,9 @@ def test_demo_runs_end_to_end_at_smoke_size(tmp_path, capsys):
     rows = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {"train_video/loss", "train_image/loss"} <= set().union(*rows)
     assert len(summary["gifs"]) == 2
+    held_out = work / "raw" / "sav_val" / "Annotations_6fps"
+    assert [len(list(v.iterdir())) for v in sorted(held_out.iterdir())] == [2, 2]  # --objects
+    assert "--distractors 0" in (work / "raw" / "train.done").read_text()
     assert all(Image.open(g).n_frames == 16 for g in summary["gifs"])
     assert (work / "run" / "checkpoints" / "2").is_dir()
     out = capsys.readouterr().out

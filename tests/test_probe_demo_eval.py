@@ -74,3 +74,42 @@ def test_cut_params_copies_and_cuts_every_table():
     assert cut["maskmem_tpos_enc"].shape == cut["inner"]["maskmem_tpos_enc"].shape == (2, 1, 1, 1)
     assert cut["inner"]["w"] is params["inner"]["w"]
     assert params["maskmem_tpos_enc"].shape == (7, 1, 1, 1)  # the input is left as it was
+
+
+def test_training_videos_are_the_scenes_the_training_tars_hold(tmp_path):
+    from input_pipeline import rle, sav, synthetic
+
+    scene = synthetic.SceneConfig((0.18, 0.3), (0.3, 1.0), 1)
+    # two tars of 2 videos, as make_synthetic_data.py --kinds sav --shards 2 --per_shard 2
+    # --seed 5 writes them
+    for shard in range(2):
+        synthetic.write_sav_tar(tmp_path / f"sav_{shard:03d}.tar", [1 + shard * 2, 2 + shard * 2],
+                                32, 32, 9, 2, seed=5 + shard, scene=scene, auto=False)
+    out = tmp_path / "tv"
+    args = ["training-videos", "--out", str(out), "--num_videos", "3", "--seed", "5",
+            "--per_shard", "2", "--frames", "9", "--size", "32", "--objects", "2"]
+    assert probe_demo_eval.main(args) == 0
+    assert (out / "sav_val.txt").read_text().split() == ["sav_000001", "sav_000002", "sav_000003"]
+    videos = {v.video_id: v for shard in range(2)
+              for v in sav.read_tar(tmp_path / f"sav_{shard:03d}.tar")}
+    for vid in ("sav_000001", "sav_000003"):  # a video of each tar
+        for t, frame_rles in enumerate(videos[vid].manual.rles):  # annotated frames 0, 4, 8
+            for k, r in enumerate(frame_rles):
+                png = np.asarray(Image.open(out / "Annotations_6fps" / vid / f"{k:03d}"
+                                            / f"{4 * t:05d}.png")) > 0
+                np.testing.assert_array_equal(png, rle.decode(r))
+    assert len(list((out / "JPEGImages_24fps" / "sav_000001").iterdir())) == 9
+
+    # 6 fps: the annotated frames only, renumbered, each annotated
+    out6 = tmp_path / "tv6"
+    assert probe_demo_eval.main([*args[:2], str(out6), *args[3:], "--frame_step", "4"]) == 0
+    assert sorted(p.name for p in (out6 / "JPEGImages_24fps" / "sav_000003").iterdir()) == [
+        "00000.jpg", "00001.jpg", "00002.jpg"]
+    for t in range(3):
+        png = np.asarray(Image.open(out6 / "Annotations_6fps" / "sav_000003" / "001"
+                                    / f"{t:05d}.png")) > 0
+        np.testing.assert_array_equal(png, rle.decode(videos["sav_000003"].manual.rles[t][1]))
+    with pytest.raises(ValueError, match="frame_step"):
+        synthetic.write_sav_eval_folder(tmp_path / "bad", ["v"], 32, 32, 9, 1, frame_step=2)
+    with pytest.raises(ValueError, match="2 seeds for 1 videos"):
+        synthetic.write_sav_eval_folder(tmp_path / "bad", ["v"], 32, 32, 9, 1, seeds=[1, 2])
