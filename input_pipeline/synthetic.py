@@ -322,6 +322,12 @@ def train_video_seed(seed: int, vid_num: int) -> int:
     return seed * 7919 + vid_num
 
 
+def train_shard_videos(shard: int, per_shard: int, seed: int) -> tuple[list[int], int]:
+    """(video numbers, tar seed) of SA-V train tar number `shard` in a set written with `seed`:
+    videos numbered from 1 across the tars, tar k seeded `seed + k` (make_synthetic_data.py)."""
+    return [1 + shard * per_shard + j for j in range(per_shard)], seed + shard
+
+
 def write_sav_tar(path: str | os.PathLike, video_ids: list[int], h: int = 96, w: int = 128,
                   n_frames: int = 40, n_objects: int = 3, seed: int = 0,
                   folder: str = "sav_000", auto: bool = True,

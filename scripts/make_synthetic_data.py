@@ -75,10 +75,11 @@ def main(argv=None) -> int:
     if "sav" in args.kinds:
         (out / "sav").mkdir(parents=True, exist_ok=True)
         for i in range(args.shards):
-            ids = [1 + i * args.per_shard + k for k in range(args.per_shard)]
-            jobs.append((f"sav/sav_{i:03d}.tar", lambda i=i, ids=ids: synthetic.write_sav_tar(
-                out / "sav" / f"sav_{i:03d}.tar", ids, args.height, args.width, args.frames,
-                args.objects, seed=args.seed + i, folder=f"sav_{i:03d}", scene=scene)))
+            ids, tar_seed = synthetic.train_shard_videos(i, args.per_shard, args.seed)
+            jobs.append((f"sav/sav_{i:03d}.tar", lambda i=i, ids=ids, s=tar_seed: (
+                synthetic.write_sav_tar(out / "sav" / f"sav_{i:03d}.tar", ids, args.height,
+                                        args.width, args.frames, args.objects, seed=s,
+                                        folder=f"sav_{i:03d}", scene=scene))))
     if "sav_val" in args.kinds:
         vids = [f"sav_{900000 + k:06d}" for k in range(args.per_shard)]
         jobs.append(("sav_val/", lambda: synthetic.write_sav_eval_folder(

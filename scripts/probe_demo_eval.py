@@ -133,11 +133,11 @@ def _training_videos(args) -> int:
     scene = synthetic.SceneConfig(tuple(args.object_size), tuple(args.object_speed),
                                   args.distractors)
     videos, seeds = [], []
-    for k in range(args.num_videos):  # video ids and seeds as make_synthetic_data.py's sav kind
-        shard, j = divmod(k, args.per_shard)
-        vid_num = 1 + shard * args.per_shard + j
-        videos.append(f"sav_{vid_num:06d}")
-        seeds.append(synthetic.train_video_seed(args.seed + shard, vid_num))
+    for shard in range(-(-args.num_videos // args.per_shard)):
+        ids, tar_seed = synthetic.train_shard_videos(shard, args.per_shard, args.seed)
+        videos += [f"sav_{vid_num:06d}" for vid_num in ids]
+        seeds += [synthetic.train_video_seed(tar_seed, vid_num) for vid_num in ids]
+    videos, seeds = videos[:args.num_videos], seeds[:args.num_videos]
     synthetic.write_sav_eval_folder(args.out, videos, args.size, args.size, args.frames,
                                     args.objects, scene=scene, seeds=seeds,
                                     frame_step=args.frame_step)
