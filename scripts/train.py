@@ -14,6 +14,10 @@ which saves and exits). Resume order: the workdir's checkpoint > config.resume (
 config.init_from (params only: an official .pt, a tam_jax model dir, or another run: a workdir
 or its checkpoints dir, e.g. stage 2 from stage 1) > from scratch.
 --fake_devices N splits this CPU into N devices (to try sharding presets without a TPU).
+--compile_cache keeps the compiled train steps (XLA's persistent compilation cache) in
+<workdir>/compile_cache by default, or in $JAX_COMPILATION_CACHE_DIR when that is set, so a
+restarted run loads them instead of compiling again (minutes per step program on a TPU pod);
+on a pod give every host the same gs:// folder; `--compile_cache none` turns it off.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def main(argv=None) -> int:
                         "with them (on a TPU pod use --set multihost=True: the runtime knows)")
     p.add_argument("--num_processes", type=int, default=None)
     p.add_argument("--process_id", type=int, default=None)
+    p.add_argument("--compile_cache", default="auto", metavar="DIR|auto|none",
+                   help="persistent compilation cache (default auto: $JAX_COMPILATION_CACHE_DIR "
+                        "if set, else WORKDIR/compile_cache)")
     args = p.parse_args(argv)
     if (args.coordinator_address is None) != (args.num_processes is None) or (
             (args.num_processes is None) != (args.process_id is None)):
@@ -86,6 +93,10 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.fake_devices}")
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from tam_jax.training import compile_cache
+
+    cache = compile_cache.resolve(args.compile_cache, args.workdir)
+    compile_cache.enable(cache)  # before anything compiles: jax opens the cache once
     config = apply_overrides(load_config(args.config), args.set)
     if args.coordinator_address is not None:
         config.multihost = True
@@ -96,6 +107,7 @@ def main(argv=None) -> int:
     from tam_jax.training.trainer import train
 
     print(config)
+    print(f"compilation cache: {cache or 'off'}")
     metrics = train(config, args.workdir)
     if metrics:
         print("last logged: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
