@@ -27,7 +27,8 @@ from experiments import tiny_local
 
 IMAGE_WEIGHT = 0.1  # share of the training steps that are SA-1B image batches
 # Training steps. The held-out J&F keeps rising slowly past the first plateau: 0.30-0.33 at
-# 600 steps, 0.34-0.38 at 1200, 0.42-0.43 at 2000 (two seeds each; docs/benchmarks.md).
+# 600 steps, 0.34-0.38 at 1200, 0.42-0.43 at 2000 (two seeds each), and no further: 0.41 at
+# 3000 (docs/benchmarks.md).
 STEPS = 2000
 
 
