@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tam_jax import storage
+
 AUTO, NONE = "auto", "none"
 ENV = "JAX_COMPILATION_CACHE_DIR"
 
@@ -31,7 +33,7 @@ def resolve(flag: str | None, workdir: str | os.PathLike) -> str | None:
         if os.environ.get(ENV):
             return os.environ[ENV]
         workdir = str(workdir)
-        if "://" in workdir:  # gs://bucket/run: pathlib would fold the "//"
+        if storage.is_url(workdir):  # gs://bucket/run: pathlib would fold the "//"
             return workdir.rstrip("/") + "/compile_cache"
         return str(Path(workdir) / "compile_cache")
     if flag.lower() == NONE or flag == "":
@@ -49,7 +51,7 @@ def enable(path: str | None) -> None:
     if path is None:
         jax.config.update("jax_enable_compilation_cache", False)
         return
-    if "://" not in path:  # a local folder; gs:// and other URLs are jax's (etils) to open
+    if not storage.is_url(path):  # a local folder; gs:// and other URLs are jax's to open
         Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
