@@ -3,7 +3,8 @@
 `jax.profiler` and its XLA ops ranked by time (with the HLO of the slowest ones).
 
     python scripts/profile_train_step.py [--variant tiny] [--batch 8] [--frames 4]
-        [--objects 3] [--conv_impl xla|matmul] [--steps 3] [--top 20] [--trace_dir DIR]
+        [--objects 3] [--conv_impl xla|matmul] [--override KEY=VALUE ...] [--steps 3]
+        [--memory_segments N] [--top 20] [--trace_dir DIR]
 
 Synthetic batch (boxes moving over noise), GT-mask prompt plan (no correction clicks), float32,
 no remat, one device. Prints the compile time, the median step time, and a table of the `--top`
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.evaluate import _parse_override  # noqa: E402  (KEY=VALUE, value as a literal)
 
 
 def synthetic_batch(size: int, b: int, t: int, o: int, seed: int = 0) -> dict:
@@ -73,6 +76,11 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--objects", type=int, default=3)
     p.add_argument("--conv_impl", choices=("xla", "matmul"), default="matmul")
+    p.add_argument("--override", action="append", default=[], type=_parse_override,
+                   metavar="KEY=VALUE",
+                   help="dotted model config override, e.g. vit.patch_size=8; repeatable")
+    p.add_argument("--memory_segments", type=int, default=0,
+                   help="train.memory_segments: scans over only the memory frames each can have")
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--trace_dir", default=None, help="default: a temporary directory")
@@ -90,12 +98,14 @@ def main(argv=None) -> int:
     t = args.frames
     kind = prompts.PlanKind(point_input=False, init_prompts=("mask",), corrections=0)
     order, corrected = jnp.arange(t, dtype=jnp.int32), jnp.zeros((t,), bool)
-    cfg = configs.for_training(configs.get_config(args.variant, conv_impl=args.conv_impl))
+    cfg = configs.for_training(configs.get_config(
+        args.variant, **{"conv_impl": args.conv_impl, **dict(args.override)}))
     opt_cfg = optimizer.OptimizerConfig(lr=1e-3, lr_image_encoder=1e-3, schedule="constant",
                                         warmup_steps=0, total_steps=100, layer_decay=1.0)
     params = init_params(cfg, 0)
     opt = optimizer.make_optimizer(opt_cfg, params, cfg)
-    step = jax.jit(make_train_step(StepConfig(model=cfg, optimizer=opt_cfg, dropout=False),
+    step = jax.jit(make_train_step(StepConfig(model=cfg, optimizer=opt_cfg, dropout=False,
+                                              memory_segments=args.memory_segments),
                                    opt, kind), donate_argnums=0)
     state = create_train_state(params, opt, seed=0)
     batch = jax.tree.map(jnp.asarray, synthetic_batch(cfg.image_size, args.batch, t,
@@ -124,7 +134,9 @@ def main(argv=None) -> int:
         match = re.search(r"^\s*%?" + re.escape(name) + r" = (.*)$", hlo, re.M)
         return match.group(1)[:110] if match else ""
 
-    print(f"{cfg.name} conv_impl={args.conv_impl}, batch {args.batch} x {t} frames x "
+    extra = "".join(f", {k}={v}" for k, v in args.override)
+    extra += f", memory_segments={args.memory_segments}" if args.memory_segments else ""
+    print(f"{cfg.name} conv_impl={args.conv_impl}{extra}, batch {args.batch} x {t} frames x "
           f"{args.objects} objects at {cfg.image_size} px on {jax.devices()[0].platform}")
     print(f"compile {compile_s:.1f} s; step median {step_s:.3f} s over {args.steps} "
           f"({', '.join(f'{x:.3f}' for x in times)})")
@@ -133,7 +145,9 @@ def main(argv=None) -> int:
         print(f"{ms:9.1f} {n:6d}  {name}: {instruction(name)}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "variant": cfg.name, "conv_impl": args.conv_impl, "batch": args.batch,
+            "variant": cfg.name, "conv_impl": args.conv_impl,
+            "overrides": dict(args.override), "memory_segments": args.memory_segments,
+            "batch": args.batch,
             "frames": t, "objects": args.objects, "compile_s": compile_s, "step_s": step_s,
             "step_times_s": times, "top_ops": [{"op": n, "ms": ms, "calls": c}
                                                for n, ms, c in rows]}, indent=1))

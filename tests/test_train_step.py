@@ -225,3 +225,20 @@ def test_memory_segments_change_no_number():
     corrected = [False, True, False]
     _assert_same_loss_and_grads(_click_clip_grads(1, corrected, memory_segments=2),
                                 _click_clip_grads(1, corrected, memory_segments=0))
+
+
+def test_memory_segments_keep_the_readout_loss():
+    """The same with the memory-readout loss on (the demo's recipe: weight 10, and
+    `memory_segments` 2): each memory frame's stored GT tokens are read out over the frames a
+    scan keeps, so the term, the loss and every gradient equal one scan over every slot. The
+    readout term is checked to be in the loss (the loss moves with its weight)."""
+    from tam_jax.training import losses
+
+    readout = losses.LossConfig(weight_memory_readout=10.0)
+    corrected = [False, False, False]
+    with_segments = _click_clip_grads(0, corrected, memory_segments=2, loss_cfg=readout)
+    _assert_same_loss_and_grads(with_segments,
+                                _click_clip_grads(0, corrected, memory_segments=0,
+                                                  loss_cfg=readout))
+    without_readout = _click_clip_grads(0, corrected, memory_segments=2)
+    assert float(with_segments[0]) > float(without_readout[0]) + 1e-3
