@@ -195,9 +195,10 @@ def main(argv=None) -> int:
                    help="SA-1B tars of 64 images (>= 1: the config trains on them)")
     p.add_argument("--eval_videos", type=int, default=16, help="held-out videos")
     p.add_argument("--frames", type=int, default=32, help="24 fps frames per video")
-    # The model sees 128 px frames as 8 x 8 tokens (EfficientTAM has no high-res features), so
-    # the demo's objects are large: 46-77 px across. They still cross the frame in a video:
-    # copying the first mask scores J&F ~0.11 on the held-out videos.
+    # The objects are large, 46-77 px across: the demo's model decodes masks from its token
+    # grid alone (EfficientTAM has no high-res features), 16 x 16 tokens of a 128 px frame
+    # (8 x 8 until 2026-12-02). They still cross the frame in a video: copying the first mask
+    # scores J&F ~0.11 on the held-out videos.
     p.add_argument("--object_size", type=float, nargs=2, default=(0.18, 0.3),
                    metavar=("LO", "HI"), help="object half-extents, fraction of the frame")
     p.add_argument("--object_speed", type=float, nargs=2, default=(0.3, 1.0),
