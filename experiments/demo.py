@@ -28,6 +28,7 @@ videos, 2 images (the demo's smoke test: it compiles fastest).
 from experiments import tiny_local
 
 IMAGE_WEIGHT = 0.1  # share of the training steps that are SA-1B image batches
+CPU_OVERRIDES = [("conv_impl", "matmul")]  # XLA:CPU's conv weight gradients are slow
 # 8 px patches: 16 x 16 tokens per 128 px frame. At 16 px patches (8 x 8 tokens) the held-out
 # J&F rose slowly with the steps, 0.30-0.33 at 600, 0.42-0.43 at 2000 and no further (0.41 at
 # 3000); 16 x 16 tokens learn faster per step (docs/benchmarks.md, "make demo").
@@ -40,8 +41,7 @@ STEPS = 1200
 def get_config(arg: str = ""):
     c = tiny_local.get_config("tiny")  # float32, no remat, dp, GT-mask prompts, sync saves
     c.model.variant = "tiny_full"
-    # conv_impl: fast conv weight gradients on CPU; patch size: see PATCH
-    c.model.overrides = [("conv_impl", "matmul"), ("vit.patch_size", PATCH)]
+    c.model.overrides = CPU_OVERRIDES + [("vit.patch_size", PATCH)]
     c.data.sources[0].update({"data_dir": "/tmp/demo/tfds", "batch_size": 4,
                               "weight": 1.0 - IMAGE_WEIGHT})
     # SA-1B images mixed in as in SAM 2's video stage: a click and 7 correction clicks per
@@ -68,13 +68,14 @@ def get_config(arg: str = ""):
                     "memory_segments": 2})
     if arg == "micro":
         # 16 px patches: the smoke test's model compiles and runs fastest at 8 x 8 tokens
-        c.model.overrides = [("conv_impl", "matmul")] + tiny_local.MICRO
+        c.model.overrides = CPU_OVERRIDES + tiny_local.MICRO
         c.data.sources[0]["batch_size"] = 2
         c.data.sources[1]["batch_size"] = 2
         c.data.clip = {"num_frames": 2, "max_objects": 2}
-        # one tracked frame, so segments would save nothing; with them the TPU compiler's
-        # cost analysis of the micro step (tests/test_tpu_plan.py) gave a negative
-        # optimal_seconds (-0.9995), not yet understood; without them it is as it was
+        # one tracked frame, so segments would save nothing; with them XLA's TPU cost model
+        # gave the micro step a negative optimal_seconds (-0.9995; tests/test_tpu_plan.py
+        # asserts a positive one), the nonsense it returns for some scanned programs, which
+        # tpu_planner already ignores
         c.train.memory_segments = 0
     elif arg:
         raise ValueError(f"experiments/demo.py: unknown argument {arg!r} (use '' or 'micro')")
