@@ -13,7 +13,8 @@ per-frame  J (IoU) and boundary F (the SA-V evaluator's `metrics.region_j` / `bo
            folders, as `scripts/evaluate.py run` writes them), averaged over objects per frame
            index. The J&F of `evaluate.py` averages the same numbers over frames (first and
            last left out) and then objects; this shows *when* a tracker drifts: right after
-           the prompt, or late in the video.
+           the prompt, or late in the video. --by_object: one table per object id, to see
+           *which* object it loses (in the demo's videos, 001 leaves the frame and returns).
 memory     the demo checkpoint (a training run directory, as `make demo` writes) tracked with
            `num_maskmem` memory frames (1 conditioning + num_maskmem - 1 recent) and at most
            `max_obj_ptrs` object pointers, instead of the trained 7 and 16. The temporal
@@ -44,15 +45,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def per_frame_scores(pred_root, gt_root) -> dict[int, dict[str, float]]:
+def per_frame_scores(pred_root, gt_root, by_object: bool = False) -> dict:
     """{frame index: {"J": mean, "F": mean, "objects": count}} over every object of every video
     of an SA-V-layout ground truth (gt_root/<video>/<object>/<frame>.png) and predictions in the
-    same layout. A missing prediction raises (`io.MissingPredictionError`, naming the file)."""
+    same layout. With `by_object`, {object folder name: that table} instead, each object id
+    averaged over the videos (the demo's videos number their objects 000, 001, ... in the
+    same roles: 001 is the one that leaves the frame and comes back). A missing prediction
+    raises (`io.MissingPredictionError`, naming the file)."""
     from tam_jax.evaluation import io
     from tam_jax.evaluation.metrics import boundary_f, region_j
 
     pred_root, gt_root = Path(pred_root), Path(gt_root)
-    sums: dict[int, list[float]] = {}
+    sums: dict = {}
     for video in io.list_videos(gt_root):
         io.require_prediction_video(pred_root, video)
         for obj, frames in io.sav_object_frames(gt_root, video).items():
@@ -61,11 +65,18 @@ def per_frame_scores(pred_root, gt_root) -> dict[int, dict[str, float]]:
                 pred_path = io._pred_path(pred_root / video / obj, name, gt_root / video / obj)
                 gt = io.read_binary_mask(gt_root / video / obj / name)
                 pred = io.read_binary_mask(pred_path)
-                acc = sums.setdefault(int(Path(name).stem), [0.0, 0.0, 0])
+                t = int(Path(name).stem)
+                acc = sums.setdefault((obj, t) if by_object else t, [0.0, 0.0, 0])
                 acc[0] += region_j(pred, gt)
                 acc[1] += boundary_f(pred, gt)
                 acc[2] += 1
-    return {t: {"J": j / n, "F": f / n, "objects": n} for t, (j, f, n) in sorted(sums.items())}
+    table = {k: {"J": j / n, "F": f / n, "objects": n} for k, (j, f, n) in sorted(sums.items())}
+    if not by_object:
+        return table
+    grouped: dict[str, dict[int, dict[str, float]]] = {}
+    for (obj, t), row in table.items():
+        grouped.setdefault(obj, {})[t] = row
+    return grouped
 
 
 def cut_temporal_table(tpos: np.ndarray, num_maskmem: int) -> np.ndarray:
@@ -91,14 +102,26 @@ def _cut_params(params: dict, num_maskmem: int) -> dict:
     return out
 
 
-def _per_frame(args) -> int:
-    scores = per_frame_scores(args.pred_dir, args.gt_dir)
+def _print_table(scores: dict, title: str = "") -> None:
+    if title:
+        print(title)
     print(f"{'frame':>6} {'objects':>8} {'J':>6} {'F':>6} {'J&F':>6}")
     for t, s in scores.items():
         print(f"{t:>6} {s['objects']:>8} {s['J']:>6.3f} {s['F']:>6.3f} "
               f"{(s['J'] + s['F']) / 2:>6.3f}")
+
+
+def _per_frame(args) -> int:
+    scores = per_frame_scores(args.pred_dir, args.gt_dir, by_object=args.by_object)
+    if args.by_object:
+        for obj, table in scores.items():
+            _print_table(table, f"object {obj}")
+        as_json = {obj: {str(t): s for t, s in table.items()} for obj, table in scores.items()}
+    else:
+        _print_table(scores)
+        as_json = {str(t): s for t, s in scores.items()}
     if args.json:
-        Path(args.json).write_text(json.dumps({str(t): s for t, s in scores.items()}, indent=1))
+        Path(args.json).write_text(json.dumps(as_json, indent=1))
         print(f"wrote {args.json}")
     return 0
 
@@ -155,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("per-frame", help="J and F per annotated frame index")
     pf.add_argument("--pred_dir", required=True, help="SA-V-layout predictions (per-object PNGs)")
     pf.add_argument("--gt_dir", required=True, help="SA-V-layout ground truth (Annotations_6fps)")
+    pf.add_argument("--by_object", action="store_true",
+                    help="one table per object id (folder name) instead of one for all")
     pf.add_argument("--json", help="also write the table here")
     pf.set_defaults(fn=_per_frame)
     mm = sub.add_parser("memory", help="re-evaluate with a smaller memory")

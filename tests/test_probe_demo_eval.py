@@ -46,6 +46,23 @@ def test_per_frame_scores_average_objects_per_frame_index(tmp_path):
     np.testing.assert_allclose(scores[4]["F"], (shifted_f + 1.0) / 2)
 
 
+def test_per_frame_scores_by_object_average_each_object_id_over_videos(tmp_path):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for video, x in (("v1", 10), ("v2", 20)):
+        # object 000 exact in both videos; object 001 exact in v1, missed in v2
+        _write(gt, video, "000", 0, _square(x, 10))
+        _write(pred, video, "000", 0, _square(x, 10))
+        _write(gt, video, "001", 0, _square(10, x))
+        _write(pred, video, "001", 0, _square(10, x) if video == "v1" else _square(0, 0, 1))
+    scores = probe_demo_eval.per_frame_scores(pred, gt, by_object=True)
+    assert sorted(scores) == ["000", "001"]
+    assert scores["000"][0] == {"J": 1.0, "F": 1.0, "objects": 2}
+    assert scores["001"][0]["objects"] == 2
+    np.testing.assert_allclose(scores["001"][0]["J"], 0.5)  # (1 + 0) / 2
+    flat = probe_demo_eval.per_frame_scores(pred, gt)
+    np.testing.assert_allclose(flat[0]["J"], 0.75)  # the same four masks, not grouped
+
+
 def test_per_frame_scores_name_a_missing_prediction(tmp_path):
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     _write(gt, "v", "000", 0, _square(10, 10))
