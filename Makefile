@@ -43,7 +43,7 @@ $(LIBTPU_STAMP): $(STAMP)
 
 test: venv libtpu
 	$(PY) -m ruff check tam_jax input_pipeline scripts tests experiments
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
 
 demo: venv
 	$(PY) scripts/demo.py

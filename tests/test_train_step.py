@@ -187,17 +187,27 @@ def _click_clip_grads(corrections: int, corrected, **clip_loss_kwargs):
 
 
 def _assert_same_loss_and_grads(got, want):
-    """Loss to 1e-5; each gradient leaf to 1e-3 of its largest entry: recomputed or reordered
-    activations round differently in float32 (2e-5 on entries of 0.3 seen), while a term
-    dropped or doubled would be off by order 1."""
+    """Loss to 1e-5; each gradient leaf to 1e-3 of its largest entry, plus a floor of 1e-6 of
+    the largest entry of the whole gradient: recomputed or reordered activations round
+    differently in float32 (2e-5 on entries of 0.3 seen), while a term dropped or doubled
+    would be off by order 1.
+
+    Why the floor is the tree's, not the leaf's: a plain (unrotated) attention's key bias has an
+    exact gradient of zero (softmax does not move when every key logit gains the same q.b),
+    so those leaves hold only rounding noise (~1e-8, their remat and plain values differing
+    by 1.4e-7 on a 2-core EPYC host, where the largest gradient entry is 7.1) and no relative
+    bound fits them."""
     import optax
 
     (l1, g1), (l0, g0) = got, want
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
     assert float(optax.global_norm(g0)) > 0
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+    floor = 1e-6 * max(float(np.abs(np.asarray(b)).max()) for b in jax.tree.leaves(g0))
+    named = jax.tree_util.tree_leaves_with_path(g0)
+    for a, (path, b) in zip(jax.tree.leaves(g1), named, strict=True):
         a, b = np.asarray(a), np.asarray(b)
-        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7
+        diff, bound = np.abs(a - b).max(), 1e-3 * np.abs(b).max() + floor
+        assert diff <= bound, f"{jax.tree_util.keystr(path)}: |diff| {diff:.3g} > {bound:.3g}"
 
 
 @pytest.mark.slow  # two gradient compiles of the micro model with correction clicks
