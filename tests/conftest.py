@@ -28,7 +28,7 @@ def _clear_jax_caches_after_module():
 # CI run of stop 36 (a slow 2-core host, `make test`, 3936 s). Why: the Makefile hands whole
 # files to 2 workers in collection order (`--dist loadfile --no-loadscope-reorder`); with
 # the heaviest files first, the last files to start are short ones, so one worker does not
-# sit idle while the other runs a 15-minute file at the end (longest-first scheduling). xdist's
+# sit idle while the other runs a 14-minute file at the end (longest-first scheduling). xdist's
 # own default orders files by their number of tests, which put the demo (1 test, 6 min) and
 # the multi-process trainer (3 tests, 14 min) last. An out-of-date table costs balance only.
 _HEAVY_FILES_SECONDS = {
