@@ -16,9 +16,7 @@ mask, as SAM 2's video stage mixes in SA-1B; in this budget they teach little:
 docs/benchmarks.md), float32, no remat, convolutions as matmuls (`conv_impl`: XLA:CPU's conv
 weight gradients are slow), AdamW with cosine decay, 1200 steps, each tracked frame attending
 only over the memory frames it can have (`train.memory_segments`). The 16 px model scored J&F
-~0.42 after 2000 steps, this one 0.55-0.58 after 1200 on 64 training videos and
-0.62 on 256 (`scripts/demo.py --train_shards`, 16 tars of 16 since 2026-12-07;
-docs/benchmarks.md). Two additions to
+~0.42 after 2000 steps, this one 0.56 after 1200 (docs/benchmarks.md). Two additions to
 SAM 2's recipe: SAM 2's video augmentation replaced by per-frame shifts
 (`AugmentConfig.frame_shift`), and the memory-readout loss (weight 10,
 `losses.memory_readout`); with SAM 2's recipe alone, this budget learns to copy the first mask

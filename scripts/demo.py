@@ -190,10 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--config_arg", default="", help="argument of experiments/demo.py")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for training (repeatable)")
-    # 256 training videos (16 tars; 64 until 2026-12-07): with 64 the model overfits them, and
-    # 256 scored +0.04 J&F on two hosts (docs/benchmarks.md, "make demo"), for ~80 s more data
-    p.add_argument("--train_shards", type=int, default=16,
-                   help="SA-V training tars of 16 videos each (default 16: 256 videos)")
+    p.add_argument("--train_shards", type=int, default=4, help="SA-V tars of 16 videos")
     p.add_argument("--image_shards", type=int, default=2,
                    help="SA-1B tars of 64 images (>= 1: the config trains on them)")
     p.add_argument("--eval_videos", type=int, default=16, help="held-out videos")
